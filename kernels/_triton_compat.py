@@ -1,0 +1,56 @@
+"""Interpreter workarounds, applied only under TRITON_INTERPRET=1.
+
+The Triton interpreter keeps bfloat16 tensors as raw uint16 bit patterns. Loading and
+`.to(tl.float32)` are exact, but two operations are wrong there:
+
+* `tl.dot` on bfloat16 operands multiplies the bit patterns as integers;
+* an fp32 -> bf16 cast truncates instead of rounding to nearest even.
+
+Kernels therefore do all arithmetic in float32 (bfloat16 only as a storage and dot-operand
+format) and route every dot and every narrowing cast through `dot` and `cast_to` below.
+On a GPU both compile to the plain operation; under the interpreter `dot` upcasts
+bfloat16 operands (exact: every bf16 value is an fp32 value) and `cast_to` rounds to
+nearest even by integer arithmetic on the fp32 bits.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+
+# Read once, when kernels are imported: `@triton.jit` itself decides interpreter or compiler
+# from the same variable at decoration time.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr):
+    """a @ b with float32 (float64 in exact mode) accumulation.
+
+    PRECISION is tl.dot's input_precision for float32 operands ("ieee" keeps TF32 out).
+    """
+    if _INTERPRET:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision=PRECISION)
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _bf16_round_nearest_even(x):
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def cast_to(x, DTYPE: tl.constexpr):
+    """Cast x to DTYPE, rounding to nearest even for fp32 -> bf16 also under the interpreter."""
+    if _INTERPRET:
+        if DTYPE == tl.bfloat16:
+            return _bf16_round_nearest_even(x.to(tl.float32))
+    return x.to(DTYPE)
