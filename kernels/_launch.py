@@ -1,0 +1,84 @@
+"""Kernel launches that can be audited for compiled variants.
+
+Every launcher in this package calls `launch`, so `compiled_variants()` can say how many
+distinct compiled kernels each `@triton.jit` function has needed so far. On a GPU the count
+comes from Triton's own per-device JIT cache. The interpreter compiles nothing, so there the
+count is of the specialization keys Triton would have compiled: constexpr values, tensor
+dtypes and 16-byte alignment, and Triton's integer specialization (== 1, divisible by 16)
+of every int argument not listed in `do_not_specialize`. A T-dependent argument that is not
+exempt from specialization therefore shows up as extra variants on the CPU too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+
+import torch
+import triton.language as tl
+
+_seen_keys: dict[str, set] = defaultdict(set)
+_kernels: dict[str, object] = {}
+
+
+def _python_fn(kernel):
+    return getattr(kernel, "fn", kernel)
+
+
+def _arg_key(value, specialize: bool):
+    if isinstance(value, torch.Tensor):
+        return (str(value.dtype), value.data_ptr() % 16 == 0)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not specialize:
+            return "int"
+        return 1 if value == 1 else ("div16" if value % 16 == 0 else "int")
+    if isinstance(value, float):
+        return "float"
+    return value
+
+
+def _specialization_key(kernel, args: tuple, constexprs: dict) -> tuple:
+    fn = _python_fn(kernel)
+    params = list(inspect.signature(fn).parameters.values())
+    jit_kwargs = getattr(kernel, "kwargs", {}) or {}
+    exempt = set(jit_kwargs.get("do_not_specialize", ()) or ())
+    exempt |= {p.name for p in getattr(kernel, "params", ()) if getattr(p, "do_not_specialize", False)}
+    key = []
+    for param, value in zip(params, args):
+        if param.annotation is tl.constexpr or param.annotation == "tl.constexpr":
+            key.append((param.name, value))
+        else:
+            key.append((param.name, _arg_key(value, param.name not in exempt)))
+    key.extend(sorted(constexprs.items()))
+    return tuple(key)
+
+
+def launch(kernel, grid, *args, **constexprs) -> None:
+    """kernel[grid](*args, **constexprs), recording the variant it needs."""
+    name = _python_fn(kernel).__name__
+    _kernels[name] = kernel
+    _seen_keys[name].add(_specialization_key(kernel, args, constexprs))
+    kernel[grid](*args, **constexprs)
+
+
+def _jit_cache_size(kernel) -> int | None:
+    caches = getattr(kernel, "device_caches", None)
+    if caches is None:
+        return None
+    return sum(len(entry[0]) for entry in caches.values())
+
+
+def compiled_variants() -> dict[str, int]:
+    """Kernel name -> number of compiled variants (Triton's cache on GPU, keys under the interpreter)."""
+    counts = {}
+    for name, kernel in _kernels.items():
+        cached = _jit_cache_size(kernel)
+        counts[name] = cached if cached is not None else len(_seen_keys[name])
+    return dict(sorted(counts.items()))
+
+
+def reset_variant_log() -> None:
+    """Forget the interpreter's recorded keys (Triton's own GPU cache is left alone)."""
+    _seen_keys.clear()
