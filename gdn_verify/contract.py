@@ -41,6 +41,8 @@ def _device_of(x) -> str:
     dev = getattr(x, "device", None)
     if dev is None or callable(dev):  # numpy has none; jax arrays have a method
         return "cpu"
+    if getattr(dev, "platform", None) == "cpu":  # a JAX host device prints as 'cpu:0'
+        return "cpu"
     return str(dev)
 
 
@@ -111,7 +113,9 @@ def validate(
     if tuple(v.shape[:2]) != (B, T):
         raise _fail("v", f"shape [{B}, {T}, HV, V] (B and T of q)", f"shape {tuple(v.shape)}")
     HV, V = int(v.shape[2]), int(v.shape[3])
-    if H < 1 or HV < 1 or HV % H != 0:
+    if H < 1:
+        raise _fail("q", "at least one head (H >= 1)", f"shape {tuple(q.shape)}")
+    if HV < 1 or HV % H != 0:
         raise _fail("v", f"a value-head count HV that is a positive multiple of H = {H}", f"HV = {HV}")
     for name, dim in (("q", K), ("v", V)):
         if not 1 <= dim <= MAX_HEAD_DIM:

@@ -2,3 +2,15 @@
 
 Importing this package never imports JAX; `jax_recurrent_gated_delta_rule` does, lazily.
 """
+
+from .chunked import CHUNK_SIZE, ChunkIntermediates, chunked_gated_delta_rule
+from .jax_recurrent import jax_recurrent_gated_delta_rule
+from .torch_recurrent import recurrent_gated_delta_rule
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ChunkIntermediates",
+    "chunked_gated_delta_rule",
+    "jax_recurrent_gated_delta_rule",
+    "recurrent_gated_delta_rule",
+]

@@ -1,0 +1,573 @@
+"""Golden tensors: one store per platform, written atomically, verified on load.
+
+Layout (goldens are committed to git, so everything is small and diff-friendly):
+
+    <root>/<platform_key>/manifest.json
+    <root>/<platform_key>/<case_id>.<content12>.safetensors   (tensors "o", "final_state")
+    <root>/<platform_key>/.lock                                (writers' lock; not data)
+
+The manifest (sorted JSON, one line per case) is the store's table of contents:
+
+    {"format": 1, "platform_key": ..., "fingerprint": {...}, "gdn_verify": version,
+     "git_commit": sha, "date": iso,                  # of the latest write
+     "cases": {case_id: {"case": case.to_dict(), "inputs_digest": str, "file": name,
+                         "file_sha256": str, "tensors": {name: {"sha256", "dtype", "shape"}},
+                         "written": iso, "gdn_verify": version, "git_commit": sha}}}
+
+Why file names carry a content hash: a tensor file is never modified in place. A writer
+writes the new files under new names, then replaces the manifest (one os.replace), then
+removes the files no manifest entry names any more. A crash at any point leaves the old
+manifest with every file it names intact (plus, at worst, orphan files the next writer
+removes), so the store always loads the state of the last completed write.
+
+Writers hold an exclusive fcntl.flock on `.lock`; readers take no lock (the manifest is
+replaced atomically and the files it names are immutable). A reader opened before a
+regeneration that replaced a case may find that case's old file gone ("missing"): reopen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from gdn_verify.bitwise import BitDiff, bit_diff
+from gdn_verify.platform import describe, platform_key
+
+MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+FORMAT = 1
+_TMP_PREFIX = ".tmp-"
+_ENTRY_KEYS = ("case", "inputs_digest", "file", "file_sha256", "tensors")
+
+
+class GoldenError(RuntimeError):
+    """A golden store is missing, corrupt or locked; the message names the file and what is wrong."""
+
+
+# --- low-level helpers -------------------------------------------------------------------------
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's element bytes (row-major, native little-endian layout)."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write data to path so that path holds either its old content or all of data."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide goldens from other users
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def store_lock(directory: Path, timeout_s: float = 600.0) -> Iterator[None]:
+    """Exclusive writer lock on <directory>/.lock (waits up to timeout_s, then GoldenError)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_path = directory / LOCK_FILE
+    with open(lock_path, "a+") as lock:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise GoldenError(
+                        f"{lock_path}: another writer has held the golden store lock for over "
+                        f"{timeout_s:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _read_manifest(directory: Path) -> dict | None:
+    """The parsed manifest, None if there is none; GoldenError if it does not parse."""
+    path = directory / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise GoldenError(f"{path}: cannot read the golden manifest: {err}") from err
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); restore it from git or regenerate") from err
+    if not isinstance(manifest, dict):
+        raise GoldenError(f"{path}: golden manifest is not a JSON object; restore it from git or regenerate")
+    missing = [k for k in ("format", "platform_key", "fingerprint", "cases") if k not in manifest]
+    if missing:
+        raise GoldenError(f"{path}: golden manifest lacks {missing}; restore it from git or regenerate")
+    if manifest["format"] != FORMAT:
+        raise GoldenError(f"{path}: golden manifest format {manifest['format']!r}, this gdn-verify reads {FORMAT}")
+    if manifest["platform_key"] != directory.name:
+        raise GoldenError(
+            f"{path}: manifest is for platform {manifest['platform_key']!r} but lies in directory "
+            f"{directory.name!r}; golden stores must not be renamed"
+        )
+    return manifest
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    """Valid JSON with one line per case (and per top-level key), so that a regeneration's git
+    diff names exactly the cases it changed."""
+    cases = ",\n".join(
+        f"  {json.dumps(case_id)}: {json.dumps(entry, sort_keys=True)}" for case_id, entry in sorted(manifest["cases"].items())
+    )
+    rest = [f" {json.dumps(k)}: {json.dumps(manifest[k], sort_keys=True)}" for k in sorted(manifest) if k != "cases"]
+    return ("{\n" + ",\n".join([' "cases": {\n' + cases + ("\n }" if cases else "}"), *rest]) + "\n}\n").encode()
+
+
+def diff_tensors(new: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> dict[str, BitDiff | str]:
+    """Per tensor name: a BitDiff, or a sentence when the tensor cannot be compared bit for bit
+    (present on one side only, or its dtype/shape changed)."""
+    diffs: dict[str, BitDiff | str] = {}
+    for name in sorted(set(new) | set(stored)):
+        if name not in stored:
+            diffs[name] = "new tensor, not in the golden"
+        elif name not in new:
+            diffs[name] = "in the golden, not produced now"
+        elif new[name].dtype != stored[name].dtype or new[name].shape != stored[name].shape:
+            diffs[name] = (
+                f"golden {_dtype_name(stored[name])}{list(stored[name].shape)} -> "
+                f"now {_dtype_name(new[name])}{list(new[name].shape)}"
+            )
+        else:
+            diffs[name] = bit_diff(new[name], stored[name])
+    return diffs
+
+
+def _all_equal(diffs: dict[str, BitDiff | str]) -> bool:
+    return all(isinstance(d, BitDiff) and d.equal for d in diffs.values())
+
+
+def _diffs_json(diffs: dict[str, BitDiff | str]) -> dict:
+    return {name: d.to_json() if isinstance(d, BitDiff) else d for name, d in diffs.items()}
+
+
+def _changed_text(diffs: dict[str, BitDiff | str]) -> str:
+    """The tensors that changed, one clause each."""
+    return "; ".join(
+        f"{name}: {d.summary() if isinstance(d, BitDiff) else d}"
+        for name, d in diffs.items()
+        if not (isinstance(d, BitDiff) and d.equal)
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldenComparison:
+    """Outcome of comparing one case's outputs with its golden.
+
+    status: "equal" | "different" (diffs say how) | "missing" (no golden for this case id) |
+    "inputs-changed" (the golden was made from other inputs: not compared bitwise).
+    """
+
+    case_id: str
+    status: str
+    diffs: dict[str, BitDiff | str] = field(default_factory=dict)
+    stored_inputs_digest: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "case_id": self.case_id,
+            "status": self.status,
+            "diffs": _diffs_json(self.diffs),
+            "stored_inputs_digest": self.stored_inputs_digest,
+        }
+
+
+class PlatformGoldens:
+    """The goldens of one platform (one directory), as its manifest stood when opened."""
+
+    def __init__(self, directory: Path, manifest: dict):
+        self.directory = directory
+        self.manifest = manifest
+
+    @property
+    def platform_key(self) -> str:
+        return self.manifest["platform_key"]
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.manifest["fingerprint"]
+
+    def case_ids(self) -> set[str]:
+        return set(self.manifest["cases"])
+
+    def entry(self, case_id: str) -> dict:
+        manifest_path = self.directory / MANIFEST
+        try:
+            entry = self.manifest["cases"][case_id]
+        except KeyError:
+            raise GoldenError(f"{manifest_path}: no golden for case {case_id!r}") from None
+        missing = [k for k in _ENTRY_KEYS if k not in entry]
+        if missing:
+            raise GoldenError(f"{manifest_path}: entry of case {case_id!r} lacks {missing}; restore it from git or regenerate")
+        return entry
+
+    def load(self, case_id: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(manifest entry, tensors), every tensor verified against the manifest."""
+        entry = self.entry(case_id)
+        path = self.directory / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise GoldenError(f"{path}: golden file of case {case_id!r} is missing") from None
+        if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
+            raise GoldenError(f"{path}: golden file of case {case_id!r} is corrupt (file sha256 differs from the manifest)")
+        try:
+            tensors = load_safetensors(data)
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise GoldenError(f"{path}: golden file of case {case_id!r} does not parse as safetensors: {err}") from err
+        expected = entry["tensors"]
+        if set(tensors) != set(expected):
+            raise GoldenError(
+                f"{path}: golden file of case {case_id!r} holds tensors {sorted(tensors)}, manifest lists {sorted(expected)}"
+            )
+        for name, meta in expected.items():
+            t = tensors[name]
+            if _dtype_name(t) != meta["dtype"] or list(t.shape) != list(meta["shape"]):
+                raise GoldenError(
+                    f"{path}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, manifest says {meta['dtype']}{meta['shape']}"
+                )
+            if tensor_sha256(t) != meta["sha256"]:
+                raise GoldenError(f"{path}: tensor {name!r} of case {case_id!r} is corrupt (sha256 differs from the manifest)")
+        return entry, tensors
+
+    def compare(self, case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor | None]) -> GoldenComparison:
+        """Compare a run's outputs with the golden of the same case (see GoldenComparison)."""
+        if case_id not in self.manifest["cases"]:
+            return GoldenComparison(case_id, "missing")
+        entry, stored = self.load(case_id)
+        if entry["inputs_digest"] != inputs_digest:
+            return GoldenComparison(case_id, "inputs-changed", stored_inputs_digest=entry["inputs_digest"])
+        diffs = diff_tensors(_present(tensors), stored)
+        return GoldenComparison(case_id, "equal" if _all_equal(diffs) else "different", diffs, entry["inputs_digest"])
+
+
+class GoldenStore:
+    """All golden stores under one root directory, one per platform key."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def stores(self) -> list[tuple[str, dict]]:
+        """(platform_key, fingerprint) of every store under root, sorted by key."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            manifest = _read_manifest(directory)
+            if manifest is not None:
+                found.append((manifest["platform_key"], manifest["fingerprint"]))
+        return found
+
+    def for_platform(self, fp: dict) -> PlatformGoldens | None:
+        """The store whose bits are comparable with a run of fingerprint fp; None if there is none."""
+        directory = self.root / platform_key(fp)
+        manifest = _read_manifest(directory)
+        return None if manifest is None else PlatformGoldens(directory, manifest)
+
+    def not_comparable_message(self, fp: dict) -> str:
+        """Why a run of fingerprint fp has nothing to compare with, listing the stores present."""
+        lines = [f"goldens not comparable: no store for platform {platform_key(fp)} under {self.root}",
+                 f"  this run: {describe(fp)}"]
+        stores = self.stores()
+        lines += [f"  store {key}: {describe(store_fp)}" for key, store_fp in stores] or ["  (no stores present)"]
+        return "\n".join(lines)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _present(tensors: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    return {name: t for name, t in tensors.items() if t is not None}
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """One case id in a regeneration and what happened to it."""
+
+    case_id: str
+    diffs: dict[str, BitDiff | str] = field(default_factory=dict)  # new run vs stored golden
+    stored_inputs_digest: str | None = None
+    new_inputs_digest: str | None = None
+    rewritten: bool = False  # only with force
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "case_id": self.case_id,
+            "diffs": _diffs_json(self.diffs),
+            "stored_inputs_digest": self.stored_inputs_digest,
+            "new_inputs_digest": self.new_inputs_digest,
+            "rewritten": self.rewritten,
+            "note": self.note,
+        }
+
+
+@dataclass
+class RegenReport:
+    """What `regenerate` did, per case id.
+
+    added: new case ids, written. kept: existing goldens left alone (their diffs say whether
+    the new run's bits agree; under force only bitwise-equal ones are kept). replaced (force
+    only): rewritten, with the diff against what was replaced. inputs_changed: stored goldens
+    made from other inputs (never diffed; rewritten only with force). corrupt: stored files
+    that failed verification (rewritten only with force). unused: case ids in the store that
+    this run did not produce (removed only with prune).
+    """
+
+    platform_key: str
+    directory: Path
+    force: bool
+    added: list[str] = field(default_factory=list)
+    kept: list[CaseChange] = field(default_factory=list)
+    replaced: list[CaseChange] = field(default_factory=list)
+    inputs_changed: list[CaseChange] = field(default_factory=list)
+    corrupt: list[CaseChange] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+    @property
+    def kept_but_different(self) -> list[CaseChange]:
+        return [c for c in self.kept if not _all_equal(c.diffs)]
+
+    def to_json(self) -> dict:
+        return {
+            "platform_key": self.platform_key,
+            "directory": str(self.directory),
+            "force": self.force,
+            "added": self.added,
+            "kept": [c.to_json() for c in self.kept],
+            "replaced": [c.to_json() for c in self.replaced],
+            "inputs_changed": [c.to_json() for c in self.inputs_changed],
+            "corrupt": [c.to_json() for c in self.corrupt],
+            "unused": self.unused,
+            "pruned": self.pruned,
+            "bytes_written": self.bytes_written,
+        }
+
+    def _rows(self) -> list[tuple[str, str, str]]:
+        """(case_id, outcome, detail) for every case worth a line (unchanged ones are counted only)."""
+        rows = [(cid, "added", "") for cid in self.added]
+        rows += [(c.case_id, "replaced", _changed_text(c.diffs)) for c in self.replaced]
+        rows += [(c.case_id, "kept, differs", _changed_text(c.diffs)) for c in self.kept_but_different]
+        rows += [
+            (
+                c.case_id,
+                "inputs changed" + (", rewritten" if c.rewritten else ", kept"),
+                f"inputs digest {c.stored_inputs_digest[:12]} -> {c.new_inputs_digest[:12]}",
+            )
+            for c in self.inputs_changed
+        ]
+        rows += [(c.case_id, "corrupt" + (", rewritten" if c.rewritten else ", kept"), c.note) for c in self.corrupt]
+        rows += [(cid, "pruned" if cid in self.pruned else "unused", "in the store, not in this run") for cid in self.unused]
+        return rows
+
+    def headline(self) -> str:
+        unchanged = len(self.kept) - len(self.kept_but_different)
+        return (
+            f"goldens {self.directory}: {len(self.added)} added, {len(self.replaced)} replaced, "
+            f"{unchanged} unchanged, {len(self.kept_but_different)} kept but different, "
+            f"{len(self.inputs_changed)} inputs changed, {len(self.corrupt)} corrupt, {len(self.unused)} unused"
+            f"{f' ({len(self.pruned)} pruned)' if self.pruned else ''}; {self.bytes_written} bytes written"
+        )
+
+    def hints(self) -> list[str]:
+        hints = []
+        if not self.force and (self.kept_but_different or self.inputs_changed or self.corrupt):
+            hints.append("existing goldens were left alone: rerun with --force to replace them")
+        if self.unused and not self.pruned:
+            hints.append("unused goldens are kept: rerun with --prune to remove them")
+        return hints
+
+    def render(self) -> str:
+        """Plain text for the terminal or a log."""
+        lines = [self.headline()]
+        lines += [f"  {outcome:<24} {cid}  {detail}".rstrip() for cid, outcome, detail in self._rows()]
+        lines += [f"hint: {h}" for h in self.hints()]
+        return "\n".join(lines)
+
+    def rich_table(self):
+        """The same as render(), as a rich Table (title = headline) for the CLI."""
+        from rich.table import Table
+
+        table = Table(title=self.headline(), caption="\n".join(self.hints()) or None)
+        for column in ("case", "outcome", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in self._rows():
+            table.add_row(*row)
+        return table
+
+
+def _case_file_bytes(case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor]) -> bytes:
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    return save_safetensors(cpu, metadata={"case_id": case_id, "inputs_digest": inputs_digest})
+
+
+def _new_entry(case, inputs_digest: str, tensors: dict[str, torch.Tensor], data: bytes, provenance: dict) -> dict:
+    file_sha = hashlib.sha256(data).hexdigest()
+    return {
+        "case": case.to_dict(),
+        "inputs_digest": inputs_digest,
+        "file": f"{case.id}.{file_sha[:12]}.safetensors",
+        "file_sha256": file_sha,
+        "tensors": {
+            name: {"sha256": tensor_sha256(t), "dtype": _dtype_name(t), "shape": list(t.shape)}
+            for name, t in sorted(tensors.items())
+        },
+        **provenance,
+    }
+
+
+def _remove_unreferenced(directory: Path, manifest: dict) -> None:
+    """Delete tensor files and temp files the manifest does not name (called under the lock)."""
+    referenced = {entry.get("file") for entry in manifest["cases"].values()}
+    for path in directory.iterdir():
+        stale = path.name.startswith(_TMP_PREFIX) or (path.suffix == ".safetensors" and path.name not in referenced)
+        if stale and path.is_file():
+            path.unlink()
+
+
+def regenerate(
+    root: str | os.PathLike,
+    fp: dict,
+    results: Iterable[tuple[object, str, dict[str, torch.Tensor | None]]],
+    force: bool = False,
+    prune: bool = False,
+    lock_timeout_s: float = 600.0,
+) -> RegenReport:
+    """Write the goldens of one run (items: (case, inputs_digest, {"o": ..., "final_state": ...})).
+
+    Default: only case ids not yet in the store are written. force: also rewrite stored
+    goldens whose bits differ, whose inputs digest changed, or that fail verification.
+    prune: remove stored case ids that this run did not produce. See RegenReport.
+    """
+    key = platform_key(fp)
+    directory = Path(root) / key
+    report = RegenReport(platform_key=key, directory=directory, force=force)
+    with store_lock(directory, lock_timeout_s):
+        old = _read_manifest(directory)
+        store = PlatformGoldens(directory, old) if old is not None else None
+        cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
+        now = _now()
+        provenance = {"written": now, "gdn_verify": fp.get("gdn_verify"), "git_commit": fp.get("git_commit")}
+        seen: set[str] = set()
+        pending: list[tuple[Path, bytes]] = []
+
+        def write(case, digest, tensors):
+            data = _case_file_bytes(case.id, digest, tensors)
+            cases[case.id] = _new_entry(case, digest, tensors, data, provenance)
+            pending.append((directory / cases[case.id]["file"], data))
+
+        for case, inputs_digest, raw_tensors in results:
+            case_id = case.id
+            if not case_id or "/" in case_id or case_id.startswith("."):
+                raise ValueError(f"results: case id {case_id!r} is not usable as a file name")
+            if case_id in seen:
+                raise ValueError(f"results: case id {case_id!r} appears twice in one regeneration")
+            seen.add(case_id)
+            tensors = _present(raw_tensors)
+            if case_id not in cases:
+                write(case, inputs_digest, tensors)
+                report.added.append(case_id)
+                continue
+            try:
+                entry, stored = store.load(case_id)
+            except GoldenError as err:
+                report.corrupt.append(CaseChange(case_id, rewritten=force, note=str(err)))
+                if force:
+                    write(case, inputs_digest, tensors)
+                continue
+            if entry["inputs_digest"] != inputs_digest:
+                report.inputs_changed.append(
+                    CaseChange(case_id, stored_inputs_digest=entry["inputs_digest"], new_inputs_digest=inputs_digest, rewritten=force)
+                )
+                if force:
+                    write(case, inputs_digest, tensors)
+                continue
+            diffs = diff_tensors(tensors, stored)
+            if force and not _all_equal(diffs):
+                write(case, inputs_digest, tensors)
+                report.replaced.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest, rewritten=True))
+            else:
+                report.kept.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest))
+
+        report.unused = sorted(set(cases) - seen)
+        if prune:
+            for case_id in report.unused:
+                del cases[case_id]
+            report.pruned = list(report.unused)
+
+        if old is not None and not pending and not report.pruned:
+            # Nothing changed: the manifest (and its dates) stay as they are.
+            _remove_unreferenced(directory, old)
+            return report
+        for path, data in pending:
+            _atomic_write(path, data)
+            report.bytes_written += len(data)
+        _fsync_dir(directory)  # the new files' names are durable before a manifest names them
+        manifest = {
+            "format": FORMAT,
+            "platform_key": key,
+            "fingerprint": fp,
+            "gdn_verify": fp.get("gdn_verify"),
+            "git_commit": fp.get("git_commit"),
+            "date": now,
+            "cases": cases,
+        }
+        # Last: until this replace, the old manifest and every file it names are untouched.
+        _atomic_write(directory / MANIFEST, _manifest_bytes(manifest))
+        _fsync_dir(directory)
+        _remove_unreferenced(directory, manifest)
+    return report

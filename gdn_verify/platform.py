@@ -1,0 +1,314 @@
+"""Platform fingerprints: what a result's bits depend on, recorded with every result.
+
+Golden tensors are compared bit for bit only between runs whose `platform_key` is equal.
+
+Compiled (CUDA): the bits depend on the GPU architecture and the Triton compiler (which
+brings its own ptxas), so the key is backend + arch + Triton version.
+
+Interpreter (CPU): Triton's interpreter runs each `tl.dot` as `numpy.matmul` (OpenBLAS sgemm
+/ dgemm) and elementwise math as NumPy ufuncs, so the bits depend on the Triton, torch and
+NumPy versions, on the OpenBLAS kernel family chosen for this CPU ("Haswell", "SkylakeX",
+...), on NumPy's SIMD dispatch level (exp/log have per-ISA code paths), and on the thread
+count. Measured here (2-core AMD EPYC, OpenBLAS 0.3.31 "Haswell", NumPy 2.4.6, torch 2.13,
+Triton 3.9 interpreter), outputs hashed with OPENBLAS_NUM_THREADS 1 vs 2 and
+torch.set_num_threads 1 vs 2 in all four combinations:
+
+* the OpenBLAS thread count changes bits: one float32 tl.dot of two 128x128 blocks in an
+  interpreter kernel (plus an exp) gave 2684 of 16384 elements different between 1 and 2
+  BLAS threads (560 by 1 ULP, 966 by 2-3, 903 by 4-15, the rest more: the largest ULP
+  counts are results near zero after cancellation); 256x256: 5404 of 65536. numpy matmuls
+  of 127x129x65, 256x256x256 and 1000x300x200 changed too. Kernels with 16x16 and 64x64
+  dots and a 64x64x64 matmul did not change (OpenBLAS runs small products on one thread).
+  Our chunk kernel (gdn_verify.kernels.chunk_gated_delta_rule), BLAS threads 1 vs 2: with
+  K = V = 128 (dense T = 128, 2 value heads, bf16) 3 of 32768 o elements moved by 1 ULP and
+  10703 of 32768 final-state elements (float32) changed, 5156 of them by 1 ULP, 3026 by 2-3;
+  with K = V <= 64 (T = 130 fp32; packed 1/63/64/65 fp32) the bits did not change;
+* torch's thread count changed nothing we ran (a 1000x300x200 torch matmul and a sum over
+  2**20 floats were identical): ATen's reductions split work independently of the thread
+  count. It is still pinned and keyed, because the launchers may use other torch CPU ops.
+
+So interpreter runs that read or write goldens call `pin_interpreter_threads()`, and the key
+holds both counts as they are in effect. Not in the key (recorded only): the CPU model and
+torch's CPU capability; two machines with the same OpenBLAS core and NumPy dispatch level
+are assumed to give the same bits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BLAS_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+INTERPRETER_BACKEND = "cpu-interpreter"
+CUDA_BACKEND = "cuda"
+
+
+# --- OpenBLAS (NumPy's BLAS) thread control -------------------------------------------------
+# NumPy's wheels bundle OpenBLAS with prefixed symbols (scipy_openblas..., 64-bit-int builds
+# with a "64_" suffix); the same calls threadpoolctl makes, without depending on it.
+_OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
+_OPENBLAS_SUFFIXES = ("64_", "")
+
+
+def _loaded_openblas() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries mapped into this process (Linux /proc only; else none)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return []
+    libs = []
+    for path in sorted(paths):
+        try:
+            libs.append(ctypes.CDLL(path))
+        except OSError:
+            continue
+    return libs
+
+
+def _openblas_function(lib: ctypes.CDLL, stem: str):
+    for prefix in _OPENBLAS_PREFIXES:
+        for suffix in _OPENBLAS_SUFFIXES:
+            fn = getattr(lib, f"{prefix}_{stem}{suffix}", None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def _openblas_info() -> dict:
+    """Thread count and kernel family of NumPy's OpenBLAS, as in effect now (None if unknown)."""
+    import numpy  # noqa: F401  (loads NumPy's BLAS, so it can be found)
+
+    for lib in _loaded_openblas():
+        get_threads = _openblas_function(lib, "get_num_threads")
+        get_core = _openblas_function(lib, "get_corename")
+        if get_threads is None:
+            continue
+        core = None
+        if get_core is not None:
+            get_core.restype = ctypes.c_char_p
+            core = get_core().decode()
+        return {"threads": int(get_threads()), "core": core}
+    return {"threads": None, "core": None}
+
+
+def _set_openblas_threads(n: int) -> bool:
+    import numpy  # noqa: F401
+
+    done = False
+    for lib in _loaded_openblas():
+        set_threads = _openblas_function(lib, "set_num_threads")
+        if set_threads is not None:
+            set_threads(ctypes.c_int(n))
+            done = True
+    return done
+
+
+def pin_interpreter_threads(n: int = 1) -> None:
+    """Fix the thread counts that change the interpreter's bits (see the module notes).
+
+    Sets torch's intra-op threads and NumPy's OpenBLAS threads (through OpenBLAS's own API
+    when its library can be found, which works after NumPy is loaded), and sets
+    OMP/OPENBLAS/MKL_NUM_THREADS in the environment. The environment variables alone only act
+    on a BLAS library loaded after they are set (in practice: before NumPy is imported), so
+    the CLI and nox also set them in the process environment. `fingerprint` records what is
+    actually in effect; compare it before trusting a pin.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int thread count, got {n!r}")
+    for var in BLAS_THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    _set_openblas_threads(n)
+
+
+# --- fingerprint -----------------------------------------------------------------------------
+
+
+def _numpy_simd_level() -> str | None:
+    """The highest SIMD target NumPy dispatches to on this CPU, e.g. 'X86_V3' or 'ASIMDHP'."""
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # NumPy 1.x
+        try:
+            from numpy.core import _multiarray_umath as umath
+        except ImportError:
+            return None
+    features = getattr(umath, "__cpu_features__", {})
+    available = [t for t in getattr(umath, "__cpu_dispatch__", []) if features.get(t)]
+    if available:
+        return available[-1]
+    baseline = list(getattr(umath, "__cpu_baseline__", []))
+    return baseline[-1] if baseline else None
+
+
+def _numpy_blas_library() -> str | None:
+    import numpy
+
+    try:
+        deps = numpy.show_config(mode="dicts").get("Build Dependencies", {})
+        blas = deps.get("blas", {})
+        return f"{blas.get('name')} {blas.get('version')}".strip()
+    except Exception:  # show_config's format is not a stable API; provenance only
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform as stdlib_platform
+
+    return stdlib_platform.processor() or None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit() -> dict:
+    """{"commit": sha or None, "dirty": bool or None} of the checkout this package runs from.
+
+    None when the package is not inside a git checkout of this project (e.g. an installed
+    wheel), or git is missing; never raises.
+    """
+    package_root = Path(__file__).resolve().parent.parent
+    toplevel = _git(["rev-parse", "--show-toplevel"], package_root)
+    if toplevel is None or Path(toplevel).resolve() != package_root:
+        return {"commit": None, "dirty": None}
+    commit = _git(["rev-parse", "HEAD"], package_root)
+    if commit is None:  # e.g. a checkout without commits
+        return {"commit": None, "dirty": None}
+    status = _git(["status", "--porcelain", "--untracked-files=no"], package_root)
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def _parse_device(device: str) -> tuple[str, int | None]:
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", str(device))
+    if match is None:
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return match.group(1), None if match.group(2) is None else int(match.group(2))
+
+
+def fingerprint(device: str) -> dict:
+    """Everything a run's bits may depend on, plus provenance (JSON-serializable)."""
+    import numpy
+    import torch
+    import triton
+
+    from gdn_verify import __version__
+
+    kind, index = _parse_device(device)
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    fp: dict = {
+        # The interpreter computes on the host whatever the tensors' device, so its bits are
+        # the CPU interpreter's.
+        "backend": INTERPRETER_BACKEND if kind == "cpu" or interpret else CUDA_BACKEND,
+        "device": str(device),
+        "triton_interpret": interpret,
+        "cuda_arch": None,
+        "gpu_name": None,
+        "cuda_runtime": torch.version.cuda,
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "machine": os.uname().machine if hasattr(os, "uname") else None,
+        "cpu_model": _cpu_model(),
+        "numpy_simd": _numpy_simd_level(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas_library": _numpy_blas_library(),
+    }
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device")
+        dev = torch.device("cuda", torch.cuda.current_device() if index is None else index)
+        major, minor = torch.cuda.get_device_capability(dev)
+        fp["cuda_arch"] = f"sm{major}{minor}"
+        fp["gpu_name"] = torch.cuda.get_device_name(dev)
+    blas = _openblas_info()
+    fp["blas_core"] = blas["core"]
+    fp["threads"] = {
+        "torch": torch.get_num_threads(),
+        "blas": blas["threads"],
+        "env": {var: os.environ.get(var) for var in BLAS_THREAD_ENV_VARS},
+    }
+    git = git_commit()
+    fp["gdn_verify"] = __version__
+    fp["git_commit"] = git["commit"]
+    fp["git_dirty"] = git["dirty"]
+    fp["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return fp
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def _safe(text) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", str(text))
+
+
+def platform_key(fp: dict) -> str:
+    """A short, file-name-safe key; two fingerprints' bits are comparable iff their keys are equal.
+
+    e.g. "cuda-sm90-triton3.6.0" or
+    "cpu-interpreter-X86_V3-Haswell-triton3.9.0-torch2.13.0_cpu-numpy2.4.6-threads1x1"
+    (torch x BLAS threads).
+    """
+    try:
+        if fp["backend"] == CUDA_BACKEND:
+            parts = ["cuda", fp["cuda_arch"], f"triton{fp['triton']}"]
+        elif fp["backend"] == INTERPRETER_BACKEND:
+            threads = fp["threads"]
+            parts = [
+                INTERPRETER_BACKEND,
+                fp.get("numpy_simd") or "simdNA",
+                fp.get("blas_core") or "blasNA",
+                f"triton{fp['triton']}",
+                f"torch{fp['torch']}",
+                f"numpy{fp['numpy']}",
+                f"threads{threads['torch']}x{threads['blas'] if threads['blas'] is not None else 'NA'}",
+            ]
+        else:
+            raise ValueError(f"fp['backend']: expected 'cuda' or 'cpu-interpreter', got {fp['backend']!r}")
+    except KeyError as missing:
+        raise ValueError(f"fp: not a fingerprint, missing {missing}") from None
+    return "-".join(_safe(p) for p in parts)
+
+
+def comparable(a: dict, b: dict) -> bool:
+    """True when bits of runs with these fingerprints should match exactly."""
+    return platform_key(a) == platform_key(b)
+
+
+def describe(fp: dict) -> str:
+    """One line for "not comparable" messages."""
+    if fp.get("backend") == CUDA_BACKEND:
+        where = f"cuda {fp.get('cuda_arch')} ({fp.get('gpu_name')})"
+    else:
+        t = fp.get("threads", {})
+        where = (
+            f"cpu-interpreter on {fp.get('cpu_model')} [{fp.get('numpy_simd')}, OpenBLAS {fp.get('blas_core')}], "
+            f"threads torch={t.get('torch')} blas={t.get('blas')}"
+        )
+    return (
+        f"{where}; triton {fp.get('triton')}, torch {fp.get('torch')}, numpy {fp.get('numpy')}, "
+        f"python {fp.get('python')}; gdn-verify {fp.get('gdn_verify')} @ {fp.get('git_commit')} on {fp.get('date')}"
+    )

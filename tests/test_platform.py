@@ -1,0 +1,145 @@
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import triton
+
+import gdn_verify
+from gdn_verify import platform as gplatform
+from gdn_verify.platform import comparable, fingerprint, pin_interpreter_threads, platform_key
+
+KEY_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def interpreter_fp(**changes) -> dict:
+    fp = {
+        "backend": "cpu-interpreter",
+        "numpy_simd": "X86_V3",
+        "blas_core": "Haswell",
+        "triton": "3.9.0",
+        "torch": "2.13.0+cpu",
+        "numpy": "2.4.6",
+        "threads": {"torch": 1, "blas": 1, "env": {}},
+        "python": "3.11.7",
+        "git_commit": "abc",
+        "date": "2026-01-01T00:00:00+00:00",
+        "cpu_model": "AMD EPYC",
+        "gdn_verify": "0.1.0",
+    }
+    fp.update(changes)
+    return fp
+
+
+def test_key_format():
+    # The format is the spec: readable components, file-name safe.
+    assert platform_key(interpreter_fp()) == (
+        "cpu-interpreter-X86_V3-Haswell-triton3.9.0-torch2.13.0_cpu-numpy2.4.6-threads1x1"
+    )
+    cuda = {"backend": "cuda", "cuda_arch": "sm90", "gpu_name": "NVIDIA H200", "triton": "3.6.0", "torch": "2.9.0"}
+    assert platform_key(cuda) == "cuda-sm90-triton3.6.0"
+
+
+def test_key_ignores_provenance_and_tracks_what_changes_bits():
+    base = platform_key(interpreter_fp())
+    for same in (
+        {"python": "3.12.1"},
+        {"git_commit": None},
+        {"date": "2030-01-01"},
+        {"cpu_model": "Intel Xeon"},
+        {"gdn_verify": "9.9"},
+    ):
+        assert platform_key(interpreter_fp(**same)) == base, same
+    for different in (
+        {"triton": "3.6.0"},
+        {"torch": "2.9.0"},
+        {"numpy": "2.3.0"},
+        {"blas_core": "SkylakeX"},
+        {"numpy_simd": "X86_V4"},
+        {"threads": {"torch": 2, "blas": 1}},
+        {"threads": {"torch": 1, "blas": 2}},
+        {"threads": {"torch": 1, "blas": None}},
+    ):
+        key = platform_key(interpreter_fp(**different))
+        assert key != base and KEY_CHARS.match(key), different
+    cuda = {"backend": "cuda", "cuda_arch": "sm90", "triton": "3.6.0", "torch": "2.9.0"}
+    assert comparable(cuda, dict(cuda, torch="2.10.0", gpu_name="NVIDIA H100"))
+    assert not comparable(cuda, dict(cuda, cuda_arch="sm100"))
+    assert not comparable(cuda, dict(cuda, triton="3.7.0"))
+    with pytest.raises(ValueError, match="backend"):
+        platform_key(dict(cuda, backend="tpu"))
+    with pytest.raises(ValueError, match="missing"):
+        platform_key({"backend": "cuda"})
+
+
+def test_fingerprint_of_this_process():
+    fp = fingerprint("cpu")
+    assert json.loads(json.dumps(fp)) == fp
+    assert fp["backend"] == "cpu-interpreter" and fp["cuda_arch"] is None
+    assert (fp["triton"], fp["torch"], fp["numpy"]) == (triton.__version__, torch.__version__, np.__version__)
+    assert fp["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert fp["gdn_verify"] == gdn_verify.__version__
+    assert fp["threads"]["torch"] == torch.get_num_threads()
+    assert set(fp["threads"]["env"]) == {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}
+    datetime.datetime.fromisoformat(fp["date"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(gdn_verify.__file__),
+                          capture_output=True, text=True)
+    assert fp["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    # Stable within a process: only provenance (date) may change between calls.
+    assert platform_key(fingerprint("cpu")) == platform_key(fp)
+    assert KEY_CHARS.match(platform_key(fp))
+
+
+def test_git_commit_never_fails(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    assert gplatform.git_commit() == {"commit": None, "dirty": None}
+
+
+def test_device_errors():
+    with pytest.raises(ValueError, match="device"):
+        fingerprint("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            fingerprint("cuda")
+
+
+# A product big enough for OpenBLAS to split over threads (its bits change with the count here).
+_MATMUL = """
+import hashlib, numpy as np
+def matmul_digest():
+    x = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+    return hashlib.sha256((x @ x).tobytes()).hexdigest()
+"""
+
+
+def test_pin_interpreter_threads_takes_effect_after_numpy_loaded(monkeypatch):
+    for var in gplatform.BLAS_THREAD_ENV_VARS:
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
+    torch_threads = torch.get_num_threads()
+    blas_threads = fingerprint("cpu")["threads"]["blas"]
+    try:
+        pin_interpreter_threads(1)
+        fp = fingerprint("cpu")
+        assert fp["threads"]["torch"] == 1
+        assert all(fp["threads"]["env"][v] == "1" for v in gplatform.BLAS_THREAD_ENV_VARS)
+        if fp["blas_core"] is None:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS this module can query")
+        assert fp["threads"]["blas"] == 1
+        # The in-process pin gives the bits of a process started with OPENBLAS_NUM_THREADS=1.
+        namespace: dict = {}
+        exec(_MATMUL, namespace)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        fresh = subprocess.run([sys.executable, "-c", _MATMUL + "print(matmul_digest())"], env=env,
+                               capture_output=True, text=True, check=True)
+        assert namespace["matmul_digest"]() == fresh.stdout.strip()
+    finally:
+        torch.set_num_threads(torch_threads)
+        if blas_threads is not None:
+            gplatform._set_openblas_threads(blas_threads)
+    with pytest.raises(ValueError, match="positive int"):
+        pin_interpreter_threads(0)
