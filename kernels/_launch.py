@@ -11,6 +11,7 @@ exempt from specialization therefore shows up as extra variants on the CPU too.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import defaultdict
 
@@ -39,18 +40,24 @@ def _arg_key(value, specialize: bool):
     return value
 
 
-def _specialization_key(kernel, args: tuple, constexprs: dict) -> tuple:
+@functools.cache
+def _parameters(kernel) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, is constexpr, specialized on its int value) per parameter, computed once per
+    kernel: inspect.signature alone costs tens of microseconds, a launch's worth at decode."""
     fn = _python_fn(kernel)
-    params = list(inspect.signature(fn).parameters.values())
     jit_kwargs = getattr(kernel, "kwargs", {}) or {}
     exempt = set(jit_kwargs.get("do_not_specialize", ()) or ())
     exempt |= {p.name for p in getattr(kernel, "params", ()) if getattr(p, "do_not_specialize", False)}
+    return tuple(
+        (p.name, p.annotation is tl.constexpr or p.annotation == "tl.constexpr", p.name not in exempt)
+        for p in inspect.signature(fn).parameters.values()
+    )
+
+
+def _specialization_key(kernel, args: tuple, constexprs: dict) -> tuple:
     key = []
-    for param, value in zip(params, args):
-        if param.annotation is tl.constexpr or param.annotation == "tl.constexpr":
-            key.append((param.name, value))
-        else:
-            key.append((param.name, _arg_key(value, param.name not in exempt)))
+    for (name, is_constexpr, specialize), value in zip(_parameters(kernel), args):
+        key.append((name, value) if is_constexpr else (name, _arg_key(value, specialize)))
     key.extend(sorted(constexprs.items()))
     return tuple(key)
 

@@ -54,3 +54,27 @@ def cast_to(x, DTYPE: tl.constexpr):
         if DTYPE == tl.bfloat16:
             return _bf16_round_nearest_even(x.to(tl.float32))
     return x.to(DTYPE)
+
+
+# Loops whose trip count is only known at run time (a sequence's length, its chunk count).
+#
+# Compiled, `for t in range(n)` with a scalar tensor n is an scf.for: the software pipeliner
+# (tl.range(..., num_stages=...)) only acts on that form, so kernels keep it. The Triton 3.6
+# interpreter cannot run it with NumPy >= 2.4: it turns the bound into an index with
+# int(handle.data), and scalars are 1-element 1-D arrays there, which NumPy 2.4 no longer
+# converts ("only 0-dimensional arrays can be converted to Python scalars"; kernel int
+# arguments and loaded scalars alike). Triton 3.9 squeezes first. A `while` loop runs in
+# every mode but compiles to scf.while, which is never pipelined. So the bound goes through
+# `loop_bound`: the value itself when compiled, a Python int under the interpreter.
+@triton.jit
+def _interpreted_scalar_as_int(x):
+    # Runs only under the interpreter, where a tensor's handle holds its NumPy data.
+    return int(x.handle.data.item())
+
+
+@triton.jit
+def loop_bound(n):
+    """n as a bound for range / tl.range that every Triton version accepts when interpreting."""
+    if _INTERPRET:
+        return _interpreted_scalar_as_int(n)
+    return n
