@@ -1,0 +1,394 @@
+"""Verification cases as data, and the named suites built from them.
+
+A `Case` is everything needed to regenerate one problem's inputs bit for bit: the layout and
+sequence lengths, head counts and sizes, dtype, the gate / beta / initial-state regimes, the
+l2norm flag, the scale and a seed. Its `id` is the one name used everywhere: pytest ids,
+report rows and golden file names. The id spells out shape and dtype always and adds a suffix
+only for a regime that differs from the default, so the common case reads short:
+``varlen-0.1.16.63-h4x8-d128-bf16`` or ``dense-b1-t64-h1x2-d16-f32-gstrong-beta1-state0``.
+
+Suites mix hand-picked boundary cases with a deterministic sample of the large product of
+axes (the JAX-tests habit): the sample is a stream keyed by (suite seed, draw index), so it
+does not depend on Python's hashing or random module, and asking for more cases keeps the
+first ones. `SAMPLED_CASES` is the one knob for each suite's sample size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Iterable, Iterator, Sequence
+
+from gdn_verify.contract import MAX_HEAD_DIM, SUPPORTED_DTYPES
+
+LAYOUTS = ("dense", "varlen")
+GATES = ("zero", "mild", "strong", "mixed")
+BETAS = ("zero", "one", "random")
+INIT_STATES = ("none", "random")
+
+DTYPE_TAGS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+_GATE_TAGS = {"zero": "gzero", "mild": "", "strong": "gstrong", "mixed": "gmixed"}
+_BETA_TAGS = {"zero": "beta0", "one": "beta1", "random": ""}
+
+# Up to this many packed lengths are spelled out in the id; longer packs are named by count,
+# total and a digest of the lengths (a 64-sequence id would not fit a file name otherwise).
+_MAX_SPELLED_SEQS = 8
+_ID_CHARS = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+# Work (tokens x value heads x K x V) above which the JAX reference, a CPU-only NumPy path,
+# is not worth running: it costs seconds per case there while the torch reference runs on
+# the device. Cases this small finish in well under a second.
+_JAX_MAX_WORK = 1 << 24
+
+
+@dataclass(frozen=True)
+class Case:
+    layout: str
+    seq_lens: tuple[int, ...]
+    H: int
+    HV: int
+    K: int
+    V: int
+    dtype: str
+    gate: str = "mild"
+    beta: str = "random"
+    init_state: str = "none"
+    l2norm: bool = False
+    scale: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seq_lens", tuple(int(n) for n in self.seq_lens))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {LAYOUTS}, got {self.layout!r}")
+        if not self.seq_lens or any(n < 0 for n in self.seq_lens):
+            raise ValueError(f"seq_lens: expected a non-empty tuple of lengths >= 0, got {self.seq_lens}")
+        if self.layout == "dense" and (len(set(self.seq_lens)) != 1 or self.seq_lens[0] < 1):
+            raise ValueError(f"seq_lens: a dense case needs B equal lengths >= 1, got {self.seq_lens}")
+        if self.H < 1 or self.HV < 1 or self.HV % self.H:
+            raise ValueError(f"HV: expected a positive multiple of H = {self.H}, got {self.HV}")
+        for name in ("K", "V"):
+            if not 1 <= getattr(self, name) <= MAX_HEAD_DIM:
+                raise ValueError(f"{name}: expected 1..{MAX_HEAD_DIM}, got {getattr(self, name)}")
+        for name, allowed in (("dtype", SUPPORTED_DTYPES), ("gate", GATES), ("beta", BETAS),
+                              ("init_state", INIT_STATES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.l2norm, bool):
+            raise ValueError(f"l2norm: expected a bool, got {self.l2norm!r}")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)):
+            raise ValueError(f"scale: expected None or a finite number, got {self.scale!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected >= 0, got {self.seed}")
+
+    # Sizes of the tensors the case becomes.
+    @property
+    def B(self) -> int:
+        return len(self.seq_lens) if self.layout == "dense" else 1
+
+    @property
+    def T(self) -> int:
+        """Token dimension of q (per sequence when dense, packed total when varlen)."""
+        return self.seq_lens[0] if self.layout == "dense" else sum(self.seq_lens)
+
+    @property
+    def N(self) -> int:
+        """Number of sequences (rows of the initial and final state)."""
+        return len(self.seq_lens)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.seq_lens)
+
+    @property
+    def cu_seqlens(self) -> tuple[int, ...] | None:
+        if self.layout == "dense":
+            return None
+        offsets = [0]
+        for n in self.seq_lens:
+            offsets.append(offsets[-1] + n)
+        return tuple(offsets)
+
+    @property
+    def id(self) -> str:
+        parts = [self.layout, _lens_tag(self), f"h{self.H}x{self.HV}",
+                 f"d{self.K}" if self.K == self.V else f"k{self.K}v{self.V}", DTYPE_TAGS[self.dtype],
+                 _GATE_TAGS[self.gate], _BETA_TAGS[self.beta],
+                 "state0" if self.init_state == "random" else "", "l2n" if self.l2norm else ""]
+        if self.scale is not None:
+            parts.append(f"sc{self.scale:g}")
+        if self.seed:
+            parts.append(f"seed{self.seed}")
+        return "-".join(p for p in parts if p)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """References that apply: the torch recurrence and the chunked reference always (the
+        latter for stage diagnosis), the JAX recurrence only where its CPU cost is small."""
+        refs = ("recurrent", "chunked")
+        if self.tokens * self.HV * self.K * self.V <= _JAX_MAX_WORK:
+            refs += ("jax",)
+        return refs
+
+    def with_(self, **changes) -> "Case":
+        return Case(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seq_lens"] = list(self.seq_lens)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Case":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"case: unknown fields {sorted(unknown)}")
+        return cls(**{**d, "seq_lens": tuple(d["seq_lens"])})
+
+    def input_seed(self) -> int:
+        """Seed of the CPU generator for this case's inputs: derived from every field, so
+        two cases never share input streams and the value survives process restarts."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _lens_tag(case: Case) -> str:
+    if case.layout == "dense":
+        return f"b{case.B}-t{case.T}"
+    if len(case.seq_lens) <= _MAX_SPELLED_SEQS:
+        return ".".join(str(n) for n in case.seq_lens)
+    digest = hashlib.sha256(",".join(map(str, case.seq_lens)).encode()).hexdigest()[:8]
+    return f"n{case.N}t{case.tokens}.{digest}"
+
+
+def dense(T: int, B: int = 1, **kw) -> Case:
+    return Case(layout="dense", seq_lens=(T,) * B, **kw)
+
+
+def varlen(seq_lens: Sequence[int], **kw) -> Case:
+    return Case(layout="varlen", seq_lens=tuple(seq_lens), **kw)
+
+
+# ----------------------------------------------------------------------------------------
+# Deterministic sampling
+# ----------------------------------------------------------------------------------------
+
+def _draw(seed: int, index: int, axis: str, n: int) -> int:
+    """A reproducible integer in [0, n) for one axis of one draw."""
+    digest = hashlib.sha256(f"{seed}:{index}:{axis}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n
+
+
+def sample_product(axes: dict[str, Sequence], count: int, seed: int) -> Iterator[dict]:
+    """`count` distinct points of the product of `axes`, a stream stable under `count`."""
+    total = 1
+    for values in axes.values():
+        total *= len(values)
+    count = min(count, total)
+    seen: set[tuple] = set()
+    index = 0
+    while len(seen) < count:
+        picks = tuple(_draw(seed, index, name, len(values)) for name, values in axes.items())
+        index += 1
+        if picks in seen:
+            continue
+        seen.add(picks)
+        yield {name: values[i] for (name, values), i in zip(axes.items(), picks)}
+
+
+def _unique(cases: Iterable[Case]) -> list[Case]:
+    """Drop repeated ids, keeping the first occurrence and the order."""
+    out: dict[str, Case] = {}
+    for case in cases:
+        out.setdefault(case.id, case)
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------------------
+# Suites
+# ----------------------------------------------------------------------------------------
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+# Lengths on both sides of every chunk edge up to two chunks, plus odd lengths between.
+EDGE_T = (1, 2, 3, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 95, 127, 128, 129)
+# Packed patterns named by what they exercise (the GPU suites scale them: `_scaled_patterns`).
+VARLEN_PATTERNS = {
+    "leading-zero": (0, 1, 16, 63),
+    "middle-zero": (5, 0, 70),
+    "trailing-zero": (64, 1, 0),
+    "all-zero": (0, 0),
+    "single-tokens": (1, 1, 1, 1, 1, 1, 1),
+    "many-short": (3, 1, 7, 2, 5, 1, 9, 4, 12, 1, 6),
+    "long-short": (130, 1, 2),
+    "short-long-short": (1, 200, 3),
+    "edge-mix": (63, 64, 65, 1),
+}
+
+# The one knob: how many points of each suite's sampled product join its hand-picked cases.
+SAMPLED_CASES = {"smoke": 0, "cpu": 48, "gpu": 300, "full": 1500}
+_SUITE_SEED = {"cpu": 1, "gpu": 2, "full": 3}
+
+
+def _smoke() -> list[Case]:
+    return [
+        dense(1, H=1, HV=1, K=16, V=16, dtype="float32"),
+        dense(65, B=2, H=1, HV=2, K=16, V=16, dtype="bfloat16", init_state="random"),
+        varlen((0, 1, 16, 63), H=1, HV=2, K=16, V=32, dtype="float64", l2norm=True),
+        dense(64, H=2, HV=4, K=16, V=16, dtype="float16", gate="strong", beta="one"),
+        varlen((5, 0, 70), H=1, HV=1, K=20, V=12, dtype="float32", gate="mixed", init_state="random"),
+    ]
+
+
+def _regimes(n: int, offset: int = 0) -> Iterator[dict]:
+    """Gate, beta, init-state and l2norm regimes cycled so that neighbouring cases differ."""
+    for i in range(offset, offset + n):
+        yield {"gate": GATES[i % 4], "beta": BETAS[i % 3], "init_state": INIT_STATES[(i // 2) % 2],
+               "l2norm": bool((i // 3) % 2)}
+
+
+def _cycled(shapes: Sequence[tuple[str, tuple[int, ...]]], model: tuple[int, int, int, int],
+            dtypes: Sequence[str]) -> list[Case]:
+    """Every (layout, lengths) shape in every dtype, with the regimes cycling along the shapes
+    (shifted by one per dtype, so a shape meets other regimes in each dtype)."""
+    H, HV, K, V = model
+    return [Case(layout=layout, seq_lens=lens, H=H, HV=HV, K=K, V=V, dtype=dtype, **regime)
+            for j, dtype in enumerate(dtypes)
+            for (layout, lens), regime in zip(shapes, _regimes(len(shapes), offset=j))]
+
+
+def _dense(lengths: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+    return [("dense", (T,)) for T in lengths]
+
+
+def _packed(patterns: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+    return [("varlen", lens) for lens in patterns.values()]
+
+
+def _sampled(name: str, axes: dict[str, Sequence], count: int) -> list[Case]:
+    """axes: "shape" (layout, lengths), "model" (H, HV, K, V), and Case fields."""
+    out = []
+    for point in sample_product(axes, count, _SUITE_SEED[name]):
+        layout, lens = point.pop("shape")
+        H, HV, K, V = point.pop("model")
+        out.append(Case(layout=layout, seq_lens=lens, H=H, HV=HV, K=K, V=V, **point))
+    return out
+
+
+def _regime_axes() -> dict[str, Sequence]:
+    return {"dtype": DTYPES, "gate": GATES, "beta": BETAS, "init_state": INIT_STATES, "l2norm": (False, True)}
+
+
+def _cpu(count: int) -> list[Case]:
+    # Small heads keep the interpreter fast; the shape logic does not depend on their size.
+    cases = _cycled(_dense(EDGE_T), (1, 2, 16, 16), ("float64", "bfloat16"))
+    cases += _cycled(_dense((1, 17, 64, 65)), (1, 1, 16, 16), ("float32", "float16"))
+    cases += _cycled(_packed(VARLEN_PATTERNS), (1, 2, 16, 16), ("float32", "bfloat16"))
+    cases += [
+        dense(33, B=3, H=2, HV=4, K=16, V=16, dtype="float32", init_state="random"),
+        dense(64, H=1, HV=8, K=16, V=16, dtype="bfloat16", gate="mixed", l2norm=True),
+        dense(40, H=1, HV=1, K=20, V=12, dtype="float64", init_state="random"),
+        dense(70, H=1, HV=1, K=12, V=36, dtype="float32", gate="strong", init_state="random"),
+        dense(65, H=1, HV=1, K=64, V=64, dtype="bfloat16", l2norm=True, init_state="random"),
+        varlen((10, 0, 54, 1), H=1, HV=1, K=60, V=28, dtype="float16", gate="mixed"),
+        dense(20, H=1, HV=1, K=16, V=16, dtype="float32", scale=0.5),
+        dense(64, H=1, HV=2, K=16, V=16, dtype="float64", gate="zero", beta="zero", init_state="random"),
+    ]
+    axes = {
+        "shape": [("dense", (T,) * B) for T in (1, 7, 63, 64, 65, 100) for B in (1, 2)]
+        + _packed(VARLEN_PATTERNS),
+        # The interpreter compiles nothing, so heads and sizes can vary independently here.
+        "model": [(H, HV, K, V) for H, HV in ((1, 1), (1, 2), (2, 4), (1, 4), (1, 8))
+                  for K, V in ((16, 16), (32, 32), (20, 12), (12, 24))],
+        **_regime_axes(),
+    }
+    return _unique(cases + _sampled("cpu", axes, count))
+
+
+def _scaled_patterns(factor: int) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(n * factor if n > 1 else n for n in lens) for name, lens in VARLEN_PATTERNS.items()}
+
+
+def _many_short(n: int, seed: int) -> tuple[int, ...]:
+    """n sequence lengths in 1..128, reproducible: a serving-style batch of short prefills."""
+    return tuple(1 + _draw(seed, i, "len", 128) for i in range(n))
+
+
+# Head layouts and sizes sampled together on the GPU: every distinct (H, HV, K, V, dtype, flags)
+# compiles the kernels anew, so a handful of model-like shapes keeps a cold run's compile time
+# bounded while still covering HV/H of 1, 2, 4 and 8, K != V and non-powers of two.
+GPU_MODELS = ((4, 8, 128, 128), (2, 16, 128, 128), (4, 4, 128, 128), (1, 4, 64, 64), (2, 4, 100, 60))
+
+
+def _gpu_hand_picked() -> list[Case]:
+    model = GPU_MODELS[0]
+    H, HV, K, V = model
+    # Every T in 1..129 once, dtypes rotating, so every chunk edge meets every dtype nearby.
+    cases = [dense(T, H=H, HV=HV, K=K, V=V, dtype=DTYPES[T % 4], **r) for T, r in zip(range(1, 130), _regimes(129))]
+    cases += _cycled(_dense(EDGE_T), model, ("bfloat16",))
+    long_tails = (255, 256, 257, 511, 1000, 1023, 1024, 1025, 2048, 3000, 4096)
+    cases += _cycled(_dense(long_tails), model, DTYPES)
+    cases += _cycled(_packed(_scaled_patterns(4)), model, DTYPES)
+    cases += [varlen(_many_short(64, seed=s), H=H, HV=HV, K=K, V=V, dtype=dt, init_state="random")
+              for s, dt in enumerate(DTYPES)]
+    cases += [
+        dense(1000, B=2, H=2, HV=16, K=128, V=128, dtype="bfloat16", init_state="random", l2norm=True),
+        dense(300, H=2, HV=4, K=100, V=60, dtype="float32", gate="mixed"),
+        dense(129, H=2, HV=4, K=256, V=128, dtype="bfloat16", init_state="random"),
+        varlen((2000, 1, 3, 500, 0, 77), H=H, HV=HV, K=K, V=V, dtype="bfloat16", gate="mixed", init_state="random"),
+    ]
+    return cases
+
+
+def _gpu_axes() -> dict[str, Sequence]:
+    return {
+        "shape": [("dense", (T,) * B) for T in (1, 5, 63, 64, 65, 200, 777, 2048) for B in (1, 3)]
+        + _packed(_scaled_patterns(4)) + [("varlen", _many_short(32, seed=10))],
+        "model": GPU_MODELS,
+        **_regime_axes(),
+    }
+
+
+def _gpu(count: int) -> list[Case]:
+    return _unique(_gpu_hand_picked() + _sampled("gpu", _gpu_axes(), count))
+
+
+def _full(count: int) -> list[Case]:
+    axes = _gpu_axes()
+    axes["shape"] = axes["shape"] + [("dense", (T,)) for T in (8192, 16384)] + [
+        ("varlen", _many_short(256, seed=20))]
+    axes["model"] = axes["model"] + ((16, 32, 128, 128), (8, 64, 128, 128), (4, 8, 256, 256), (2, 4, 60, 100))
+    return _unique(_gpu_hand_picked() + _sampled("full", axes, count))
+
+
+_BUILDERS = {"smoke": lambda count: _smoke(), "cpu": _cpu, "gpu": _gpu, "full": _full}
+SUITES = tuple(_BUILDERS)
+
+
+def suite(name: str, sampled: int | None = None) -> list[Case]:
+    """The cases of a named suite; `sampled` overrides SAMPLED_CASES[name]."""
+    if name not in _BUILDERS:
+        raise ValueError(f"suite: expected one of {SUITES}, got {name!r}")
+    return _BUILDERS[name](SAMPLED_CASES[name] if sampled is None else sampled)
+
+
+def select(cases: Sequence[Case], pattern: str | None = None, max_cases: int | None = None) -> list[Case]:
+    """Cases whose id matches `pattern` (a regular expression, searched), at most `max_cases`."""
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"cases: not a valid regular expression {pattern!r} ({exc})") from exc
+        cases = [c for c in cases if regex.search(c.id)]
+    if max_cases is not None:
+        if max_cases < 1:
+            raise ValueError(f"max_cases: expected >= 1, got {max_cases}")
+        cases = list(cases)[:max_cases]
+    return list(cases)
+
+
+def is_file_name_safe(case_id: str) -> bool:
+    return bool(_ID_CHARS.match(case_id)) and len(case_id) <= 200

@@ -1,0 +1,289 @@
+"""Reports of a run: live progress, a terminal summary, JSON and Markdown.
+
+The terminal gets a rich progress bar when it is a TTY and one plain line per case otherwise
+(CI logs). JSON holds every case and every metric with the platform fingerprint. Markdown is
+for a pull request: the verdict first, then the cases that changed or failed with their ULP
+statistics, then the worst errors per dtype and the compile-variant audit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gdn_verify.runner import STATUS_PASS, CaseResult, RunResult
+
+# Up to this many cases the terminal table lists them all; beyond, only those not passing.
+_FULL_TABLE_MAX = 40
+
+
+# ----------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text so that path holds either its old content or all of the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite(x):
+    """JSON has no Infinity or NaN: non-finite floats become the strings "inf", "-inf", "nan"."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def to_json_text(result: RunResult) -> str:
+    return json.dumps(_finite(result.to_json()), indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def write_json(result: RunResult, path: str | os.PathLike) -> None:
+    write_atomic(path, to_json_text(result))
+
+
+def write_markdown(result: RunResult, path: str | os.PathLike) -> None:
+    write_atomic(path, markdown(result))
+
+
+# ----------------------------------------------------------------------------------------
+# Shared summaries
+# ----------------------------------------------------------------------------------------
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}"
+
+
+def verdict(result: RunResult) -> str:
+    t = result.totals
+    word = "PASS" if result.passed else "FAIL"
+    audit = ""
+    if result.variant_audit is not None:
+        audit = f"; variant audit {'pass' if result.variant_audit.passed else 'FAIL'}"
+    goldens = result.goldens.get("status", "not checked")
+    if goldens == "comparable":
+        goldens = f"{t['golden_equal']} bitwise equal, {t['golden_missing']} without golden"
+    return (f"{word}: suite {result.suite}, impl {result.impl}, {result.backend}: {t['cases']} cases, "
+            f"{t['pass']} pass, {t['fail']} fail, {t['changed']} changed, {t['error']} error; "
+            f"goldens: {goldens}{audit}; {result.wall_s:.1f} s")
+
+
+def worst_per_dtype(cases: Iterable[CaseResult]) -> list[dict]:
+    """Per (dtype, tensor): the worst RMS ratio and worst-slice ratio, with the cases."""
+    worst: dict[tuple[str, str], dict] = {}
+    for r in cases:
+        for name, c in r.checks.items():
+            row = worst.setdefault((r.case.dtype, name), {
+                "dtype": r.case.dtype, "tensor": name, "tolerance": c.tolerance, "rms": -1.0, "rms_case": None,
+                "slice": -1.0, "slice_case": None, "slice_where": None, "max_abs": 0.0, "cases": 0})
+            row["cases"] += 1
+            if not c.rms_ratio <= row["rms"]:
+                row["rms"], row["rms_case"] = c.rms_ratio, r.id
+            if c.worst_slice is not None and not c.worst_slice["ratio"] <= row["slice"]:
+                row["slice"], row["slice_case"], row["slice_where"] = c.worst_slice["ratio"], r.id, c.worst_slice
+            row["max_abs"] = max(row["max_abs"], c.max_abs)
+    order = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
+    return sorted(worst.values(), key=lambda w: (order.get(w["dtype"], 9), w["tensor"]))
+
+
+def _where(w: dict | None) -> str:
+    if not w:
+        return ""
+    s = f"seq {w['sequence']} head {w['head']}"
+    if w.get("chunk") is not None:
+        s += f" chunk {w['chunk']} [{w['tokens'][0]}:{w['tokens'][1]}]"
+    return s
+
+
+def _not_passing(result: RunResult) -> list[CaseResult]:
+    rank = {"changed": 0, "fail": 1, "error": 2}
+    return sorted((r for r in result.cases if r.status != STATUS_PASS), key=lambda r: rank.get(r.status, 3))
+
+
+def _ulp_rows(r: CaseResult) -> list[tuple[str, str, str, str, str, str]]:
+    """(source, tensor, differing, max ULP, first index, histogram) for each bitwise diff."""
+    rows = []
+    sources = [("golden", r.golden.diffs)] + [(i.name, i.tensors) for i in r.invariants
+                                              if not i.passed and i.name != "split-equivalence"]
+    for source, diffs in sources:
+        for tensor, d in diffs.items():
+            if isinstance(d, str):
+                rows.append((source, tensor, d, "", "", ""))
+            elif not d.get("equal", True):
+                ulp = "NaN" if d.get("max_ulp_unbounded") else str(d["max_ulp"])
+                hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items() if v)
+                rows.append((source, tensor, f"{d['n_different']}/{d['n_elements']}", ulp,
+                             str(tuple(d["first_index"])) if d["first_index"] else "-", hist))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# Markdown
+# ----------------------------------------------------------------------------------------
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def markdown(result: RunResult) -> str:
+    out = [f"**gdn-verify {verdict(result)}**", ""]
+    bad = _not_passing(result)
+    if bad:
+        out += ["### Changed and failed cases", ""]
+        out += _md_table(["case", "status", "what"],
+                         [[f"`{r.id}`", r.status, "; ".join(r.failures)] for r in bad])
+        ulp = [[f"`{r.id}`", *row] for r in bad for row in _ulp_rows(r)]
+        if ulp:
+            out += ["", "Bitwise differences (ULP statistics):", ""]
+            out += _md_table(["case", "against", "tensor", "elements differing", "max ULP", "first index",
+                              "ULP histogram"], ulp)
+        stages = [[f"`{r.id}`", r.stages["first_divergent"] or "none",
+                   ", ".join(f"{k} {_fmt(v)}" for k, v in r.stages["stages"].items())] for r in bad if r.stages]
+        if stages:
+            out += ["", "Stage diagnosis (RMS ratio of each stage against the chunked reference):", ""]
+            out += _md_table(["case", "first divergent stage", "stages"], stages)
+        out.append("")
+    worst = worst_per_dtype(result.cases)
+    if worst:
+        out += ["### Worst errors per dtype", ""]
+        out += _md_table(
+            ["dtype", "tensor", "cases", "worst RMS ratio", "tolerance", "worst slice ratio", "tolerance",
+             "max abs error", "worst RMS case", "worst slice"],
+            [[w["dtype"], w["tensor"], str(w["cases"]), _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]),
+              _fmt(w["slice"]), _fmt(w["tolerance"]["slice"]), _fmt(w["max_abs"]), f"`{w['rms_case']}`",
+              f"`{w['slice_case']}` {_where(w['slice_where'])}"] for w in worst])
+        out.append("")
+    audit = result.variant_audit
+    if audit is not None:
+        sweep = ", ".join(map(str, audit.lengths))
+        out += ["### Compile-variant audit", "",
+                f"{'pass' if audit.passed else 'FAIL'}: {audit.detail} (sweep T = {sweep})", ""]
+        out += _md_table(["kernel", "variants after T = 64", "after the sweep"],
+                         [[k, str(audit.after_t64.get(k, 0)), str(n)] for k, n in audit.after_sweep.items()])
+        out.append("")
+    if result.goldens.get("status") == "not comparable":
+        out += ["### Goldens", "", "```", result.goldens["detail"], "```", ""]
+    from gdn_verify.platform import describe
+
+    out += ["### Platform", "", describe(result.fingerprint), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Terminal
+# ----------------------------------------------------------------------------------------
+
+def _case_line(r: CaseResult) -> str:
+    o, fs = r.checks.get("o"), r.checks.get("final_state")
+    metrics = ""
+    if o is not None and fs is not None:
+        metrics = (f"o {_fmt(o.rms_ratio)}/{_fmt(o.worst_slice['ratio'] if o.worst_slice else None)} "
+                   f"state {_fmt(fs.rms_ratio)}/{_fmt(fs.worst_slice['ratio'] if fs.worst_slice else None)}")
+    invariants = ""
+    if r.invariants:
+        invariants = f"  invariants {sum(i.passed for i in r.invariants)}/{len(r.invariants)}"
+    line = (f"{r.status.upper():7} {r.id}  {metrics}{invariants}  golden {r.golden.status}  "
+            f"{r.timing.get('total_s', 0):.2f}s")
+    if r.failures:
+        line += "\n        " + "\n        ".join(r.failures)
+    return line
+
+
+class Live:
+    """Progress of a run: a rich bar on a TTY, one plain line per case elsewhere."""
+
+    def __init__(self, console: Console, total: int, title: str):
+        self.console = console
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[case]}"), console=console)
+            self.task = self.progress.add_task(title, total=total, case="")
+
+    def __enter__(self) -> "Live":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def case_done(self, r: CaseResult, index: int, total: int) -> None:
+        if self.progress is None:
+            self.console.print(f"[{index + 1:>{len(str(total))}}/{total}] {_case_line(r)}", markup=False,
+                               highlight=False, soft_wrap=True)
+            return
+        self.progress.update(self.task, advance=1, case=r.id)
+        if r.status != STATUS_PASS:
+            self.progress.console.print(_case_line(r), markup=False, highlight=False)
+
+
+def make_console() -> Console:
+    """A console for the CLI: on a TTY rich's own; elsewhere wide, so log lines do not wrap."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def print_summary(result: RunResult, console: Console) -> None:
+    # Off a TTY every case already had its line; the table then repeats only those not passing.
+    few = len(result.cases) <= _FULL_TABLE_MAX and console.is_terminal
+    shown = result.cases if few else _not_passing(result)
+    if shown:
+        table = Table(title="cases" if shown is result.cases else
+                      f"cases not passing ({len(result.cases) - len(shown)} passing cases in the JSON report)")
+        for col in ("case", "status", "o RMS", "o slice", "state RMS", "golden", "s"):
+            table.add_column(col, overflow="fold")
+        for r in shown:
+            o, fs = r.checks.get("o"), r.checks.get("final_state")
+            table.add_row(r.id, r.status, _fmt(o.rms_ratio if o else None),
+                          _fmt(o.worst_slice["ratio"] if o and o.worst_slice else None),
+                          _fmt(fs.rms_ratio if fs else None), r.golden.status, f"{r.timing.get('total_s', 0):.2f}")
+        console.print(table)
+    worst = worst_per_dtype(result.cases)
+    if worst:
+        table = Table(title="worst errors per dtype")
+        for col in ("dtype", "tensor", "RMS ratio", "tol", "slice ratio", "tol", "max abs", "case"):
+            table.add_column(col, overflow="fold")
+        for w in worst:
+            table.add_row(w["dtype"], w["tensor"], _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]), _fmt(w["slice"]),
+                          _fmt(w["tolerance"]["slice"]), _fmt(w["max_abs"]), w["rms_case"] or "")
+        console.print(table)
+    if result.variant_audit is not None:
+        console.print(f"variant audit: {'pass' if result.variant_audit.passed else 'FAIL'}: "
+                      f"{result.variant_audit.detail} {result.variant_audit.after_sweep}", markup=False)
+    if result.goldens.get("status") == "not comparable":
+        console.print(result.goldens["detail"], markup=False, highlight=False)
+    console.print(verdict(result), markup=False, highlight=False)

@@ -1,0 +1,72 @@
+"""Implementations with the common GDN signature, for testing the harness through `--impl
+tests.gdn_doubles:NAME` (module:function): one that is right by construction and several
+that are wrong in one specific way each, so every check of the harness can be seen failing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gdn_verify.reference import recurrent_gated_delta_rule
+
+
+def _exact(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+           use_qk_l2norm_in_kernel=False):
+    o, final_state = recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, True, cu_seqlens,
+                                                use_qk_l2norm_in_kernel, dtype=torch.float64)
+    state_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return o, final_state.to(state_dtype)
+
+
+def rounded_reference(*args, **kwargs):
+    """The float64 reference rounded to the kernel's output dtypes: passes every check."""
+    o, final_state = _exact(*args, **kwargs)
+    return o.to(args[2].dtype), final_state
+
+
+def zeros(*args, **kwargs):
+    """Returns zeros of the right shapes and dtypes: must fail."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    return torch.zeros_like(o), torch.zeros_like(final_state)
+
+
+def one_broken_chunk(*args, **kwargs):
+    """Right except the second 64-token chunk of the first sequence's first head, 3% too large:
+    the worst slice must point at it."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    o = o.clone()
+    o[0, 64:128, 0] *= 1.03
+    return o, final_state
+
+
+def noisy(*args, **kwargs):
+    """Right to ~1e-7 but different on every call: fails run-to-run determinism."""
+    o, final_state = _exact(*args, **kwargs)
+    o = o * (1 + 1e-7 * torch.randn(o.shape, dtype=o.dtype, device=o.device))
+    return o.to(args[2].dtype), final_state
+
+
+def batch_dependent(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                    use_qk_l2norm_in_kernel=False):
+    """Right to 1e-6 relative, but off by that only when the batch holds several sequences:
+    fails batch invariance, passes everything else."""
+    o, final_state = _exact(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                            use_qk_l2norm_in_kernel)
+    n_sequences = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+    if n_sequences > 1:
+        o = o * (1 + 1e-6)
+    return o.to(v.dtype), final_state
+
+
+def raises(*args, **kwargs):
+    raise RuntimeError("deliberate failure inside the implementation")
+
+
+def one_ulp(*args, **kwargs):
+    """rounded_reference with the last bit of about one element in 16 of o flipped (those whose
+    low four bits read 5): one ULP each, chosen by value, so still deterministic and batch
+    invariant; only the goldens can see it."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    ints = o.clone().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[o.element_size()])
+    ints = torch.where((ints & 0xF) == 5, ints ^ 1, ints)
+    return ints.view(o.dtype), final_state
