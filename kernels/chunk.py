@@ -1,0 +1,72 @@
+"""chunk_gated_delta_rule: the chunked forward, stage by stage (DESIGN.md, STAGES.md).
+
+    gam = cumsum of g inside each 64-token chunk                      cumsum.py
+    A   = strictly lower (beta_i k_i.k_j exp(gam_i - gam_j)),
+    Tm  = (I + A)^-1                                                   kkt_solve.py
+    W   = Tm diag(beta exp(gam)) K,  U = Tm diag(beta) V               wy.py (diagnostics only)
+    per sequence, chunk after chunk, entering with S:                  recurrence.py
+        V' = U - W S,  O = scale (...),  S <- exp(gam_last) S + ...    (+ output.py's arithmetic)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gdn_verify.contract import Problem, validate
+
+from ._common import compute_dtype, dot_precision
+from .chunk_map import ChunkMap, build_chunk_map
+from .cumsum import cumsum
+from .kkt_solve import kkt_solve
+from .recurrence import recurrence
+from .wy import wy
+
+
+def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+             use_qk_l2norm_in_kernel) -> tuple[Problem, ChunkMap, torch.dtype, str]:
+    problem = validate(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                       use_qk_l2norm_in_kernel, l2norm_arg="use_qk_l2norm_in_kernel")
+    chunks = build_chunk_map(problem, cu_seqlens, q.device)
+    return problem, chunks, compute_dtype(q.dtype), dot_precision(q.dtype)
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule forward: (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] or None)."""
+    problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
+                                               output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    l2norm = use_qk_l2norm_in_kernel
+    g_cum = cumsum(g, chunks, acc)
+    tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
+    o, final_state, _, _ = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
+                                      output_final_state, l2norm, precision)
+    return o, final_state
+
+
+def chunk_gated_delta_rule_intermediates(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """The same pass, returning every stage's output under STAGES.md's names.
+
+    g_cum, Tm, h, v_new, o and final_state come from the kernels of the fast path (the
+    recurrence run with its diagnostic stores on: same arithmetic, so o and final_state are
+    bitwise those of chunk_gated_delta_rule); A is written by the solve stage on request; W and
+    U by the WY stage from that Tm.
+    """
+    problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
+                                               output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    l2norm = use_qk_l2norm_in_kernel
+    g_cum = cumsum(g, chunks, acc)
+    tm, a = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision, store_a=True)
+    w, u = wy(k, v, beta, g_cum, tm, chunks, l2norm, precision)
+    o, final_state, h, v_new = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
+                                          output_final_state, l2norm, precision, store_intermediates=True)
+    return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w, "U": u, "h": h, "v_new": v_new, "o": o,
+            "final_state": final_state}

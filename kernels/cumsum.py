@@ -1,0 +1,39 @@
+"""Stage 1: gam, the inclusive cumulative sum of the log decay g inside each chunk."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._alloc import new_output
+from ._common import CHUNK
+from ._launch import launch
+from .chunk_map import ChunkMap, chunk_span
+
+# A [64, HV] tile of gates: two warps are plenty.
+NUM_WARPS = 2
+
+
+@triton.jit
+def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr):
+    """One program per chunk, all value heads: the chunk's [len, HV] gates are contiguous."""
+    chunk = tl.program_id(0)
+    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+    rows = tl.arange(0, CHUNK)
+    heads = tl.arange(0, BLOCK_HV)
+    mask = (rows < length)[:, None] & (heads < HV)[None, :]
+    offsets = (t0 + rows)[:, None] * HV + heads[None, :]
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(g_cum_ptr.dtype.element_ty)
+    tl.store(g_cum_ptr + offsets, tl.cumsum(g, axis=0), mask=mask)
+
+
+def cumsum(g: torch.Tensor, chunks: ChunkMap, acc_dtype: torch.dtype) -> torch.Tensor:
+    """g [B, T, HV] -> g_cum [B, T, HV] in acc_dtype."""
+    g = g.contiguous()
+    g_cum = new_output(g.shape, acc_dtype, g.device)
+    if chunks.n_chunks:
+        HV = g.shape[2]
+        launch(cumsum_kernel, (chunks.n_chunks,), g, g_cum, *chunks.span_args, HV,
+               BLOCK_HV=triton.next_power_of_2(HV), num_warps=NUM_WARPS)
+    return g_cum
