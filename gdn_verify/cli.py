@@ -3,9 +3,19 @@
     gdn-verify run --suite S --impl I --device D [--goldens DIR] [--json PATH] [--markdown PATH]
                    [--repro-dir DIR] [--cases PATTERN] [--max-cases N] [--jax]
     gdn-verify cases --suite S [--cases PATTERN] [--max-cases N]
-    gdn-verify golden regen --suite S --goldens DIR [--force] [--prune]
+    gdn-verify golden regen --suite S --goldens DIR [--force] [--prune] [--max-golden-bytes N]
     gdn-verify golden diff --suite S --goldens DIR
     gdn-verify selfcheck
+    gdn-verify mutate [--suite S] [--cases PATTERN] [--mutant NAME ...] [--goldens DIR] [--json PATH]
+    gdn-verify compare --impl A [convention flags] --impl B ... --suite S [--device D] [--json PATH]
+                       [--markdown PATH] [--bench] [--time-budget SECONDS]
+
+--impl is gdn, gdn-recurrent, fla-chunk, fla-recurrent or module:function. Convention flags
+(--layout, --state-layout, --gate-space, --head-map, --l2norm, --l2norm-arg, --no-initial-state,
+--no-final-state, --no-cu-seqlens, --no-scale, --no-gva, --dtypes, --keyword-tensors,
+--cu-seqlens-dtype) declare how an implementation differs from the common signature
+(gdn_verify/adapters.py); each applies to the --impl before it (flags before any --impl apply
+to the first).
 
 Exit codes: 0 every check passed; 1 a check failed or a bitwise diff against the goldens;
 2 usage or setup error (bad arguments, unknown suite or implementation, unreadable goldens).
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -66,11 +77,59 @@ def _cases(args):
         raise CLIError(str(exc)) from exc
 
 
-def _impl(spec: str):
-    from gdn_verify.impls import ImplError, resolve_impl
+class _ImplAction(argparse.Action):
+    """--impl: each occurrence starts an implementation; the convention flags after it apply to it.
+    Stores [(spec, conventions)], the first spec None while only convention flags were seen."""
 
+    def __call__(self, parser, namespace, values, option_string=None):
+        requests = list(getattr(namespace, self.dest, None) or [])
+        if requests and requests[-1][0] is None:
+            requests[-1] = (values, requests[-1][1])
+        else:
+            requests.append((values, {}))
+        setattr(namespace, self.dest, requests)
+
+
+class _ConventionAction(argparse.Action):
+    """A convention flag: sets one Adapter field (`--no-ARG` flags add ARG to `lacks`)."""
+
+    def __init__(self, option_strings, dest, field, convert=None, **kwargs):
+        self.field, self.convert = field, convert
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        requests = list(getattr(namespace, self.dest, None) or [(None, {})])
+        spec, conventions = requests[-1]
+        conventions = dict(conventions)
+        if self.field == "lacks":
+            conventions["lacks"] = conventions.get("lacks", frozenset()) | {self.const}
+        else:
+            conventions[self.field] = self.convert(values) if self.convert else values
+        requests[-1] = (spec, conventions)
+        setattr(namespace, self.dest, requests)
+
+
+def _impl_requests(requests) -> list[tuple[str, dict]]:
+    """(spec, conventions) per --impl; our chunk kernel when no --impl was given."""
+    return [(spec or "gdn", conventions) for spec, conventions in (requests or [(None, {})])]
+
+
+def _resolve(spec: str, conventions: dict, device: str):
+    from gdn_verify.impls import resolve_impl
+
+    return resolve_impl(spec, device=device, **conventions)
+
+
+def _impl(requests, device: str):
+    """The one implementation of run / golden commands."""
+    from gdn_verify.impls import ImplError
+
+    requests = _impl_requests(requests)
+    if len(requests) > 1:
+        raise CLIError(f"--impl: this command takes one implementation, got {len(requests)}; "
+                       "use `gdn-verify compare` for several")
     try:
-        return resolve_impl(spec)
+        return _resolve(*requests[0], device)
     except ImplError as exc:
         raise CLIError(str(exc)) from exc
 
@@ -105,7 +164,7 @@ def cmd_run(args) -> int:
 
     device = _device(args.device, pin_threads=args.goldens is not None)
     cases = _cases(args)
-    impl = _impl(args.impl)
+    impl = _impl(args.impl, device)
     options = RunOptions(jax=args.jax, goldens=args.goldens, repro_dir=args.repro_dir, audit=not args.no_audit)
     result, console = _run_with_progress(args, cases, impl, device, options)
     print_summary(result, console)
@@ -122,7 +181,7 @@ def cmd_golden_regen(args) -> int:
 
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
-    impl = _impl(args.impl)
+    impl = _impl(args.impl, device)
     # Goldens are the outputs of passing runs only: a case that fails its reference check
     # is reported and never written.
     options = RunOptions(invariants=(), diagnose=False, audit=False)
@@ -134,7 +193,8 @@ def cmd_golden_regen(args) -> int:
 
     result, console = _run_with_progress(args, cases, impl, device, options, on_outputs=keep)
     try:
-        regen = regenerate(args.goldens, result.fingerprint, passing, force=args.force, prune=args.prune)
+        regen = regenerate(args.goldens, result.fingerprint, passing, force=args.force, prune=args.prune,
+                           max_tensor_bytes=args.max_golden_bytes)
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     console.print(regen.rich_table())
@@ -147,11 +207,12 @@ def cmd_golden_regen(args) -> int:
 def cmd_golden_diff(args) -> int:
     from rich.table import Table
 
+    from gdn_verify.report import digest_only_hints
     from gdn_verify.runner import RunOptions
 
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
-    impl = _impl(args.impl)
+    impl = _impl(args.impl, device)
     options = RunOptions(reference=False, invariants=(), diagnose=False, audit=False, goldens=args.goldens)
     result, console = _run_with_progress(args, cases, impl, device, options)
     if result.goldens["status"] == "not comparable":
@@ -163,7 +224,72 @@ def cmd_golden_diff(args) -> int:
         table.add_row(r.id, r.golden.status if r.status != "error" else "error",
                       r.golden.detail or "; ".join(r.failures))
     console.print(table)
+    for hint in digest_only_hints(result.cases):
+        console.print(f"hint: {hint}", markup=False, highlight=False)
     return EXIT_FAIL if any(r.golden.unexpected or r.status == "error" for r in result.cases) else EXIT_PASS
+
+
+def cmd_mutate(args) -> int:
+    from gdn_verify.mutate import MutationSetupError, mutant_by_name, run_mutants, write_report
+    from gdn_verify.report import make_console
+
+    console = make_console()
+    try:
+        report = run_mutants(mutant_by_name(args.mutant), _cases(args), goldens=args.goldens, workers=args.workers,
+                             on_result=lambda r: console.print(r.progress_line(), markup=False, highlight=False))
+    except (ValueError, MutationSetupError) as exc:  # MutantError is a ValueError
+        raise CLIError(str(exc)) from exc
+    write_report(report, console, args.json)
+    return EXIT_FAIL if report.survivors else EXIT_PASS
+
+
+def cmd_compare(args) -> int:
+    from gdn_verify.compare_impls import compare_impls
+    from gdn_verify.impls import ImplError, ImplUnavailable
+    from gdn_verify.report import Live, make_console, print_comparison, write_comparison_markdown, write_json
+    from gdn_verify.runner import RunOptions
+
+    device = _device(args.device, pin_threads=False)
+    if args.bench and not device.startswith("cuda"):
+        raise CLIError("--bench: latency is measured on a CUDA device only (--device cuda)")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise CLIError(f"--time-budget: expected a positive number of seconds, got {args.time_budget}")
+    cases = _cases(args)
+    console = make_console()
+    adapters, unavailable = [], {}
+    for spec, conventions in _impl_requests(args.impl):
+        if any(a.spec == spec for a in adapters) or spec in unavailable:
+            raise CLIError(f"--impl {spec}: given twice")
+        try:
+            adapters.append(_resolve(spec, conventions, device))
+        except ImplUnavailable as exc:  # skipped with its reason; the others still run
+            unavailable[spec] = str(exc)
+            console.print(f"skipping {spec}: {exc}", markup=False, highlight=False)
+        except ImplError as exc:
+            raise CLIError(str(exc)) from exc
+    if not adapters:
+        raise CLIError("no implementation can run here:\n" + "\n".join(unavailable.values()))
+    options = RunOptions(audit=not args.no_audit)
+    # A wall-clock limit (timeout's SIGTERM, or SIGINT) stops the comparison, which then
+    # reports what ran; installed here because a shell may start the process with SIGINT ignored.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    title = f"{args.suite} / " + " vs ".join(a.spec for a in adapters)
+    try:
+        with Live(console, len(cases) * len(adapters), title) as live:
+            def progress(spec, result, index, total):
+                live.case_done(result, index, total, label=spec)
+
+            comparison = compare_impls(adapters, cases, device, options, suite=args.suite, bench=args.bench,
+                                       time_budget_s=args.time_budget, unavailable=unavailable, on_case=progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_comparison(comparison, console)
+    if args.json:
+        write_json(comparison, args.json)
+    if args.markdown:
+        write_comparison_markdown(comparison, args.markdown)
+    return EXIT_PASS if comparison.passed else EXIT_FAIL
 
 
 def cmd_selfcheck(args) -> int:
@@ -189,8 +315,39 @@ def cmd_selfcheck(args) -> int:
 # Arguments
 # ----------------------------------------------------------------------------------------
 
+def _conventions(p) -> None:
+    from gdn_verify import adapters
+
+    group = p.add_argument_group(
+        "conventions of the implementation (each flag applies to the --impl before it; see gdn_verify/adapters.py)")
+
+    def flag(name, field, help, **kwargs):
+        group.add_argument(name, dest="impl", action=_ConventionAction, field=field, help=help, **kwargs)
+
+    flag("--layout", "layout", "batched [B, T, H, D] (default) or packed [T, H, D]", choices=adapters.LAYOUTS)
+    flag("--state-layout", "state_layout", "kv [N, HV, K, V] (default) or vk [N, HV, V, K]",
+         choices=adapters.STATE_LAYOUTS)
+    flag("--gate-space", "gate_space", "log: g (default); alpha: exp(g), computed in float64, rounded to g's dtype",
+         choices=adapters.GATE_SPACES)
+    flag("--head-map", "head_map", "key head of value head h: div h // (HV/H) (default) or mod h %% H",
+         choices=adapters.HEAD_MAPS)
+    flag("--l2norm", "l2norm", "q/k l2norm: kernel (its flag, default), outside (the harness normalizes before "
+         "the call) or unsupported (such cases are not supported)", choices=adapters.L2NORM_MODES)
+    flag("--l2norm-arg", "l2norm_arg", "name of the l2norm flag (default use_qk_l2norm_in_kernel)", metavar="NAME")
+    for arg in adapters.OPTIONAL_ARGUMENTS:
+        flag(f"--no-{arg.replace('_', '-')}", "lacks", f"the implementation lacks {arg}: cases needing it are "
+             "reported as not supported", nargs=0, const=arg)
+    flag("--dtypes", "dtypes", "comma-separated input dtypes it accepts (others: not supported)",
+         convert=lambda text: tuple(d.strip() for d in text.split(",") if d.strip()), metavar="LIST")
+    flag("--keyword-tensors", "keyword_tensors", "pass q, k, v, g, beta by keyword (named so)", nargs=0,
+         convert=lambda _: True)
+    flag("--cu-seqlens-dtype", "cu_seqlens_dtype", "convert cu_seqlens to this integer dtype",
+         choices=tuple(adapters.CU_SEQLENS_DTYPES))
+
+
 def _parser() -> argparse.ArgumentParser:
     from gdn_verify.cases import SUITES
+    from gdn_verify.goldens import DEFAULT_MAX_TENSOR_BYTES, byte_size
 
     parser = argparse.ArgumentParser(prog="gdn-verify", description="Verify gated-delta-rule kernels against "
                                      "float64 references and golden tensors.")
@@ -202,8 +359,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-cases", type=int, metavar="N", help="at most N cases (after --cases)")
 
     def execution(p):
-        p.add_argument("--impl", default="gdn", help="gdn (chunk kernel), gdn-recurrent, or module:function")
+        p.add_argument("--impl", action=_ImplAction, metavar="IMPL",
+                       help="gdn (our chunk kernel, the default), gdn-recurrent, fla-chunk, fla-recurrent "
+                            "(flash-linear-attention), or module:function")
         p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+        _conventions(p)
 
     p = sub.add_parser("run", help="check an implementation on a suite")
     selection(p)
@@ -216,6 +376,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("compare", help="several implementations over the same cases, one side-by-side report")
+    selection(p)
+    execution(p)
+    p.add_argument("--json", metavar="PATH", help="write the full comparison as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the side-by-side report as Markdown")
+    p.add_argument("--bench", action="store_true",
+                   help="also time each implementation on DESIGN.md's benchmark shapes (CUDA only)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no new case (or benchmark shape) after this many seconds; the rest is "
+                        "reported as not run")
+    p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("cases", help="list the case ids of a suite")
     selection(p)
     p.set_defaults(func=cmd_cases)
@@ -227,6 +400,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--goldens", metavar="DIR", required=True)
     p.add_argument("--force", action="store_true", help="also rewrite existing goldens (prints what changes)")
     p.add_argument("--prune", action="store_true", help="remove goldens of cases not in this run")
+    p.add_argument("--max-golden-bytes", type=byte_size, metavar="N",
+                   help="store tensors over N bytes (e.g. 65536, 64K, 1G) as their sha256 and summary numbers only, "
+                        "without ULP statistics; the store records N for later writers (default: the store's "
+                        "recorded cap; for a new store " + ", ".join(
+                            f"{n // 1024}K on {backend}" for backend, n in DEFAULT_MAX_TENSOR_BYTES.items()) + ")")
     p.set_defaults(func=cmd_golden_regen)
     p = golden.add_parser("diff", help="bitwise diff of current outputs against the goldens, writing nothing")
     selection(p)
@@ -238,6 +416,16 @@ def _parser() -> argparse.ArgumentParser:
     selection(p, default_suite="smoke")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_selfcheck)
+
+    p = sub.add_parser("mutate", help="apply known GDN kernel bugs to a copy of the kernels; each must fail the suite")
+    selection(p)
+    p.add_argument("--mutant", nargs="+", metavar="NAME", help="only these mutants (default: all)")
+    p.add_argument("--goldens", metavar="DIR",
+                   help="golden store for the golden-only mutants (default: the unmutated kernels' outputs, "
+                        "made by this run)")
+    p.add_argument("--workers", type=int, default=2, help="mutants run in parallel, one subprocess each")
+    p.add_argument("--json", metavar="PATH", help="write the mutation results as JSON")
+    p.set_defaults(func=cmd_mutate)
     return parser
 
 

@@ -8,11 +8,25 @@ Layout (goldens are committed to git, so everything is small and diff-friendly):
 
 The manifest (sorted JSON, one line per case) is the store's table of contents:
 
-    {"format": 1, "platform_key": ..., "fingerprint": {...}, "gdn_verify": version,
+    {"format": 2, "platform_key": ..., "fingerprint": {...}, "gdn_verify": version,
      "git_commit": sha, "date": iso,                  # of the latest write
-     "cases": {case_id: {"case": case.to_dict(), "inputs_digest": str, "file": name,
-                         "file_sha256": str, "tensors": {name: {"sha256", "dtype", "shape"}},
+     "max_tensor_bytes": int,                         # the store's size cap (below)
+     "cases": {case_id: {"case": case.to_dict(), "inputs_digest": str,
+                         "file": name | null, "file_sha256": str | null,
+                         "tensors": {name: {"sha256", "dtype", "shape", "stored": "file" | "digest",
+                                            "summary": {...}    # digest-only tensors
+                                            }},
                          "written": iso, "gdn_verify": version, "git_commit": sha}}}
+
+Size cap: a tensor of more than `max_tensor_bytes` bytes is stored as its digest only (sha256,
+dtype, shape and the summary numbers of `tensor_summary`), with no payload; the case's file
+holds the tensors under the cap (no file when there are none). A digest-only golden still
+detects every bit change (the sha256 of the new output's bytes differs) but cannot say which
+elements moved or by how many ULPs: the summary numbers' changes are all a report can give
+(DIGEST_ONLY_HINT says how to get ULP statistics). The cap is per store, chosen when the store
+is created (`default_max_tensor_bytes`, or the caller's) and kept by later writers unless
+they pass another; a writer re-stores the entries whose bits it reproduces so that every such
+entry follows the store's cap.
 
 Why file names carry a content hash: a tensor file is never modified in place. A writer
 writes the new files under new names, then replaces the manifest (one os.replace), then
@@ -33,25 +47,43 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from gdn_verify.bitwise import BitDiff, bit_diff
-from gdn_verify.platform import describe, platform_key
+from gdn_verify.platform import CUDA_BACKEND, INTERPRETER_BACKEND, describe, platform_key
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
-FORMAT = 1
+FORMAT = 2
+STORED_FILE, STORED_DIGEST = "file", "digest"
+_KIB = 1024
+# Per-tensor cap of a new store, by backend. Measured from the suites' case lists (output
+# shapes x dtype sizes): every tensor of the cpu suite fits in 512 KiB (the largest, a float64
+# final state, is 352 KiB; 3.9 MB in all), so the interpreter store keeps full tensors and ULP
+# statistics for every case. The gpu suite's tensors total 1.9 GB (up to 64 MiB each); with
+# 64 KiB, 126 of its 1064 tensors stay full (3.0 MB), with 256 KiB it would be 329 (37 MB).
+DEFAULT_MAX_TENSOR_BYTES = {INTERPRETER_BACKEND: 512 * _KIB, CUDA_BACKEND: 64 * _KIB}
+DIGEST_ONLY_HINT = (
+    "a digest-only golden gives no ULP statistics; to get them, regenerate full goldens into a "
+    "scratch directory on the commit that wrote these ones (`gdn-verify golden regen --suite S "
+    "--goldens SCRATCH --max-golden-bytes 4G`), then run `gdn-verify golden diff --suite S "
+    "--goldens SCRATCH` on this one"
+)
 _TMP_PREFIX = ".tmp-"
 _ENTRY_KEYS = ("case", "inputs_digest", "file", "file_sha256", "tensors")
+_TENSOR_KEYS = {STORED_FILE: ("sha256", "dtype", "shape"), STORED_DIGEST: ("sha256", "dtype", "shape", "summary")}
 
 
 class GoldenError(RuntimeError):
@@ -64,11 +96,45 @@ class GoldenError(RuntimeError):
 def tensor_sha256(t: torch.Tensor) -> str:
     """sha256 of a tensor's element bytes (row-major, native little-endian layout)."""
     flat = t.detach().cpu().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()  # hashes the buffer, no copy
+
+
+def tensor_summary(t: torch.Tensor) -> dict:
+    """Numbers that show a reviewer how a digest-only tensor moved: the counts of NaN and
+    infinite elements, and the float64 sum, L2 norm and largest magnitude of the finite ones.
+    NumPy's pairwise sums (not BLAS, whose bits depend on the thread count) keep them
+    reproducible on one machine."""
+    x = t.detach().cpu().to(torch.float64).numpy().reshape(-1)
+    is_finite = np.isfinite(x)
+    finite = x if is_finite.all() else x[is_finite]  # the common case costs no copy or count
+    return {
+        "n_nan": 0 if finite is x else int(np.isnan(x).sum()),
+        "n_posinf": 0 if finite is x else int(np.isposinf(x).sum()),
+        "n_neginf": 0 if finite is x else int(np.isneginf(x).sum()),
+        "finite_sum": float(finite.sum()),
+        "finite_l2": float(np.sqrt(np.square(finite).sum())),
+        "finite_max_abs": abs(float(max(finite.max(), -finite.min()))) if finite.size else 0.0,
+    }
 
 
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+def default_max_tensor_bytes(fp: dict) -> int:
+    """The size cap of a new store for fingerprint fp (see DEFAULT_MAX_TENSOR_BYTES)."""
+    return DEFAULT_MAX_TENSOR_BYTES[fp["backend"]]
+
+
+_BYTE_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """A byte count from text: a plain integer or one with a binary suffix (64K, 1M, 2GiB)."""
+    match = _BYTE_SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a byte count such as 0, 65536, 64K, 1M or 2G, got {text!r}")
+    return int(match[1]) * _KIB ** " kmg".index(match[2].lower() or " ")
 
 
 def _now() -> str:
@@ -140,11 +206,14 @@ def _read_manifest(directory: Path) -> dict | None:
         raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); restore it from git or regenerate") from err
     if not isinstance(manifest, dict):
         raise GoldenError(f"{path}: golden manifest is not a JSON object; restore it from git or regenerate")
-    missing = [k for k in ("format", "platform_key", "fingerprint", "cases") if k not in manifest]
+    if manifest.get("format", FORMAT) != FORMAT:
+        raise GoldenError(
+            f"{path}: golden manifest format {manifest['format']!r}, this gdn-verify reads {FORMAT}; "
+            "regenerate the store with this gdn-verify"
+        )
+    missing = [k for k in ("format", "platform_key", "fingerprint", "max_tensor_bytes", "cases") if k not in manifest]
     if missing:
         raise GoldenError(f"{path}: golden manifest lacks {missing}; restore it from git or regenerate")
-    if manifest["format"] != FORMAT:
-        raise GoldenError(f"{path}: golden manifest format {manifest['format']!r}, this gdn-verify reads {FORMAT}")
     if manifest["platform_key"] != directory.name:
         raise GoldenError(
             f"{path}: manifest is for platform {manifest['platform_key']!r} but lies in directory "
@@ -163,43 +232,131 @@ def _manifest_bytes(manifest: dict) -> bytes:
     return ("{\n" + ",\n".join([' "cases": {\n' + cases + ("\n }" if cases else "}"), *rest]) + "\n}\n").encode()
 
 
-def diff_tensors(new: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> dict[str, BitDiff | str]:
-    """Per tensor name: a BitDiff, or a sentence when the tensor cannot be compared bit for bit
-    (present on one side only, or its dtype/shape changed)."""
-    diffs: dict[str, BitDiff | str] = {}
-    for name in sorted(set(new) | set(stored)):
-        if name not in stored:
+_SUMMARY_COUNTS = ("n_nan", "n_posinf", "n_neginf")
+_SUMMARY_VALUES = ("finite_sum", "finite_l2", "finite_max_abs")
+
+
+@dataclass(frozen=True)
+class DigestDiff:
+    """A new tensor against a golden stored as its digest only: equal when the sha256 of its
+    bytes matches; when not, the golden's and the new summary numbers (no ULP statistics)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stored_sha256: str
+    new_sha256: str
+    stored_summary: dict
+    new_summary: dict | None = None  # computed only when the digests differ
+
+    @property
+    def equal(self) -> bool:
+        return self.stored_sha256 == self.new_sha256
+
+    def deltas(self) -> dict:
+        """New minus golden, for every summary number (empty when equal)."""
+        if self.new_summary is None:
+            return {}
+        return {k: self.new_summary[k] - self.stored_summary[k] for k in _SUMMARY_COUNTS + _SUMMARY_VALUES}
+
+    def detail(self) -> str:
+        """The summary numbers that moved, golden -> now, values at full (repr) precision."""
+        if self.new_summary is None:
+            return ""
+        old, new = self.stored_summary, self.new_summary
+        clauses = [f"{k} {old[k]!r} -> {new[k]!r} ({new[k] - old[k]:+.3g})" for k in _SUMMARY_VALUES if old[k] != new[k]]
+        counts = [f"{k} {old[k]} -> {new[k]}" for k in _SUMMARY_COUNTS if old[k] != new[k]]
+        return "; ".join(clauses + counts) or "summary numbers unchanged"
+
+    def summary(self) -> str:
+        if self.equal:
+            return f"bitwise equal (sha256; golden stored as digest only, {math.prod(self.shape)} elements)"
+        return f"different (digest only): sha256 {self.stored_sha256[:12]} -> {self.new_sha256[:12]}; {self.detail()}"
+
+    def to_json(self) -> dict:
+        return {
+            "digest_only": True,
+            "equal": self.equal,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "n_elements": math.prod(self.shape),
+            "stored_sha256": self.stored_sha256,
+            "new_sha256": self.new_sha256,
+            "stored_summary": self.stored_summary,
+            "new_summary": self.new_summary,
+            "deltas": self.deltas(),
+            "detail": self.detail(),
+            "hint": None if self.equal else DIGEST_ONLY_HINT,
+        }
+
+
+def digest_diff(new: torch.Tensor, meta: dict) -> DigestDiff:
+    """Compare a tensor with a digest-only golden (its manifest entry; same dtype and shape)."""
+    new_sha = tensor_sha256(new)
+    return DigestDiff(
+        dtype=meta["dtype"],
+        shape=tuple(meta["shape"]),
+        stored_sha256=meta["sha256"],
+        new_sha256=new_sha,
+        stored_summary=meta["summary"],
+        new_summary=None if new_sha == meta["sha256"] else tensor_summary(new),
+    )
+
+
+TensorDiff = BitDiff | DigestDiff | str
+
+
+def diff_tensors(
+    new: dict[str, torch.Tensor], golden: dict[str, dict], stored: dict[str, torch.Tensor]
+) -> dict[str, TensorDiff]:
+    """Per tensor name: a BitDiff (golden stored in full), a DigestDiff (golden stored as its
+    digest only), or a sentence when the tensor cannot be compared bit for bit (present on one
+    side only, or its dtype/shape changed). golden: the entry's tensor metadata; stored: the
+    full tensors `load` returned."""
+    diffs: dict[str, TensorDiff] = {}
+    for name in sorted(set(new) | set(golden)):
+        if name not in golden:
             diffs[name] = "new tensor, not in the golden"
         elif name not in new:
             diffs[name] = "in the golden, not produced now"
-        elif new[name].dtype != stored[name].dtype or new[name].shape != stored[name].shape:
+        elif _dtype_name(new[name]) != golden[name]["dtype"] or list(new[name].shape) != list(golden[name]["shape"]):
             diffs[name] = (
-                f"golden {_dtype_name(stored[name])}{list(stored[name].shape)} -> "
+                f"golden {golden[name]['dtype']}{list(golden[name]['shape'])} -> "
                 f"now {_dtype_name(new[name])}{list(new[name].shape)}"
             )
+        elif golden[name]["stored"] == STORED_DIGEST:
+            diffs[name] = digest_diff(new[name], golden[name])
         else:
             diffs[name] = bit_diff(new[name], stored[name])
     return diffs
 
 
-def _all_equal(diffs: dict[str, BitDiff | str]) -> bool:
-    return all(isinstance(d, BitDiff) and d.equal for d in diffs.values())
+def _all_equal(diffs: dict[str, TensorDiff]) -> bool:
+    return all(not isinstance(d, str) and d.equal for d in diffs.values())
 
 
-def _diffs_json(diffs: dict[str, BitDiff | str]) -> dict:
-    return {name: d.to_json() if isinstance(d, BitDiff) else d for name, d in diffs.items()}
+def _diffs_json(diffs: dict[str, TensorDiff]) -> dict:
+    return {name: d if isinstance(d, str) else d.to_json() for name, d in diffs.items()}
 
 
-def _changed_text(diffs: dict[str, BitDiff | str]) -> str:
+def _changed_text(diffs: dict[str, TensorDiff]) -> str:
     """The tensors that changed, one clause each."""
     return "; ".join(
-        f"{name}: {d.summary() if isinstance(d, BitDiff) else d}"
+        f"{name}: {d if isinstance(d, str) else d.summary()}"
         for name, d in diffs.items()
-        if not (isinstance(d, BitDiff) and d.equal)
+        if isinstance(d, str) or not d.equal
     )
 
 
+def _digest_only_differs(diffs: dict[str, TensorDiff]) -> bool:
+    return any(isinstance(d, DigestDiff) and not d.equal for d in diffs.values())
+
+
 # --- reading -----------------------------------------------------------------------------------
+
+
+def _stored_in_file(entry: dict) -> dict[str, dict]:
+    """The tensor metadata of an entry's tensors that its file holds (the others are digest only)."""
+    return {name: meta for name, meta in entry["tensors"].items() if meta["stored"] == STORED_FILE}
 
 
 @dataclass(frozen=True)
@@ -212,7 +369,7 @@ class GoldenComparison:
 
     case_id: str
     status: str
-    diffs: dict[str, BitDiff | str] = field(default_factory=dict)
+    diffs: dict[str, TensorDiff] = field(default_factory=dict)
     stored_inputs_digest: str | None = None
 
     def to_json(self) -> dict:
@@ -239,6 +396,10 @@ class PlatformGoldens:
     def fingerprint(self) -> dict:
         return self.manifest["fingerprint"]
 
+    @property
+    def max_tensor_bytes(self) -> int:
+        return self.manifest["max_tensor_bytes"]
+
     def case_ids(self) -> set[str]:
         return set(self.manifest["cases"])
 
@@ -251,11 +412,27 @@ class PlatformGoldens:
         missing = [k for k in _ENTRY_KEYS if k not in entry]
         if missing:
             raise GoldenError(f"{manifest_path}: entry of case {case_id!r} lacks {missing}; restore it from git or regenerate")
+        for name, meta in entry["tensors"].items():
+            where = f"{manifest_path}: tensor {name!r} of case {case_id!r}"
+            if meta.get("stored") not in _TENSOR_KEYS:
+                raise GoldenError(f"{where} has stored={meta.get('stored')!r}, expected one of {sorted(_TENSOR_KEYS)}")
+            lacks = [k for k in _TENSOR_KEYS[meta["stored"]] if k not in meta]
+            if lacks:
+                raise GoldenError(f"{where} lacks {lacks}; restore it from git or regenerate")
+        in_file = _stored_in_file(entry)
+        if bool(in_file) != (entry["file"] is not None):
+            raise GoldenError(
+                f"{manifest_path}: entry of case {case_id!r} names file {entry['file']!r} but stores "
+                f"{sorted(in_file) or 'no tensor'} in a file; restore it from git or regenerate"
+            )
         return entry
 
     def load(self, case_id: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(manifest entry, tensors), every tensor verified against the manifest."""
+        """(manifest entry, the tensors stored in full), each verified against the manifest.
+        A digest-only tensor has its metadata in the entry and no payload to load."""
         entry = self.entry(case_id)
+        if entry["file"] is None:
+            return entry, {}
         path = self.directory / entry["file"]
         try:
             data = path.read_bytes()
@@ -267,7 +444,7 @@ class PlatformGoldens:
             tensors = load_safetensors(data)
         except Exception as err:  # safetensors raises its own error types for bad headers
             raise GoldenError(f"{path}: golden file of case {case_id!r} does not parse as safetensors: {err}") from err
-        expected = entry["tensors"]
+        expected = _stored_in_file(entry)
         if set(tensors) != set(expected):
             raise GoldenError(
                 f"{path}: golden file of case {case_id!r} holds tensors {sorted(tensors)}, manifest lists {sorted(expected)}"
@@ -289,7 +466,7 @@ class PlatformGoldens:
         entry, stored = self.load(case_id)
         if entry["inputs_digest"] != inputs_digest:
             return GoldenComparison(case_id, "inputs-changed", stored_inputs_digest=entry["inputs_digest"])
-        diffs = diff_tensors(_present(tensors), stored)
+        diffs = diff_tensors(_present(tensors), entry["tensors"], stored)
         return GoldenComparison(case_id, "equal" if _all_equal(diffs) else "different", diffs, entry["inputs_digest"])
 
 
@@ -337,7 +514,7 @@ class CaseChange:
     """One case id in a regeneration and what happened to it."""
 
     case_id: str
-    diffs: dict[str, BitDiff | str] = field(default_factory=dict)  # new run vs stored golden
+    diffs: dict[str, TensorDiff] = field(default_factory=dict)  # new run vs stored golden
     stored_inputs_digest: str | None = None
     new_inputs_digest: str | None = None
     rewritten: bool = False  # only with force
@@ -363,12 +540,16 @@ class RegenReport:
     only): rewritten, with the diff against what was replaced. inputs_changed: stored goldens
     made from other inputs (never diffed; rewritten only with force). corrupt: stored files
     that failed verification (rewritten only with force). unused: case ids in the store that
-    this run did not produce (removed only with prune).
+    this run did not produce (removed only with prune). restored: kept goldens whose bits the
+    run reproduced, rewritten only to follow the store's size cap (payload added or dropped).
+    n_tensors / n_digest_only: the store's tensors after the write, and those stored as their
+    digest only under max_tensor_bytes.
     """
 
     platform_key: str
     directory: Path
     force: bool
+    max_tensor_bytes: int
     added: list[str] = field(default_factory=list)
     kept: list[CaseChange] = field(default_factory=list)
     replaced: list[CaseChange] = field(default_factory=list)
@@ -376,6 +557,9 @@ class RegenReport:
     corrupt: list[CaseChange] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    n_tensors: int = 0
+    n_digest_only: int = 0
     bytes_written: int = 0
 
     @property
@@ -394,6 +578,10 @@ class RegenReport:
             "corrupt": [c.to_json() for c in self.corrupt],
             "unused": self.unused,
             "pruned": self.pruned,
+            "restored": self.restored,
+            "max_tensor_bytes": self.max_tensor_bytes,
+            "n_tensors": self.n_tensors,
+            "n_digest_only": self.n_digest_only,
             "bytes_written": self.bytes_written,
         }
 
@@ -412,6 +600,8 @@ class RegenReport:
         ]
         rows += [(c.case_id, "corrupt" + (", rewritten" if c.rewritten else ", kept"), c.note) for c in self.corrupt]
         rows += [(cid, "pruned" if cid in self.pruned else "unused", "in the store, not in this run") for cid in self.unused]
+        cap = f"bits unchanged; payload follows the {self.max_tensor_bytes}-byte cap"
+        rows += [(cid, "re-stored", cap) for cid in self.restored]
         return rows
 
     def headline(self) -> str:
@@ -420,7 +610,8 @@ class RegenReport:
             f"goldens {self.directory}: {len(self.added)} added, {len(self.replaced)} replaced, "
             f"{unchanged} unchanged, {len(self.kept_but_different)} kept but different, "
             f"{len(self.inputs_changed)} inputs changed, {len(self.corrupt)} corrupt, {len(self.unused)} unused"
-            f"{f' ({len(self.pruned)} pruned)' if self.pruned else ''}; {self.bytes_written} bytes written"
+            f"{f' ({len(self.pruned)} pruned)' if self.pruned else ''}; {self.bytes_written} bytes written; "
+            f"{self.n_digest_only} of {self.n_tensors} tensors stored as digest only (over {self.max_tensor_bytes} bytes)"
         )
 
     def hints(self) -> list[str]:
@@ -429,6 +620,8 @@ class RegenReport:
             hints.append("existing goldens were left alone: rerun with --force to replace them")
         if self.unused and not self.pruned:
             hints.append("unused goldens are kept: rerun with --prune to remove them")
+        if any(_digest_only_differs(c.diffs) for c in self.replaced + self.kept):
+            hints.append(DIGEST_ONLY_HINT)
         return hints
 
     def render(self) -> str:
@@ -455,19 +648,37 @@ def _case_file_bytes(case_id: str, inputs_digest: str, tensors: dict[str, torch.
     return save_safetensors(cpu, metadata={"case_id": case_id, "inputs_digest": inputs_digest})
 
 
-def _new_entry(case, inputs_digest: str, tensors: dict[str, torch.Tensor], data: bytes, provenance: dict) -> dict:
-    file_sha = hashlib.sha256(data).hexdigest()
-    return {
+def _storage(t: torch.Tensor, max_tensor_bytes: int) -> str:
+    return STORED_FILE if t.numel() * t.element_size() <= max_tensor_bytes else STORED_DIGEST
+
+
+def _tensor_meta(t: torch.Tensor, stored: str) -> dict:
+    meta = {"sha256": tensor_sha256(t), "dtype": _dtype_name(t), "shape": list(t.shape), "stored": stored}
+    if stored == STORED_DIGEST:
+        meta["summary"] = tensor_summary(t)
+    return meta
+
+
+def _new_entry(case, inputs_digest: str, tensors: dict[str, torch.Tensor], max_tensor_bytes: int,
+               provenance: dict) -> tuple[dict, bytes | None]:
+    """(manifest entry, file content or None when every tensor is over the cap)."""
+    storage = {name: _storage(t, max_tensor_bytes) for name, t in tensors.items()}
+    in_file = {name: t for name, t in tensors.items() if storage[name] == STORED_FILE}
+    data = _case_file_bytes(case.id, inputs_digest, in_file) if in_file else None
+    file_sha = None if data is None else hashlib.sha256(data).hexdigest()
+    entry = {
         "case": case.to_dict(),
         "inputs_digest": inputs_digest,
-        "file": f"{case.id}.{file_sha[:12]}.safetensors",
+        "file": None if data is None else f"{case.id}.{file_sha[:12]}.safetensors",
         "file_sha256": file_sha,
-        "tensors": {
-            name: {"sha256": tensor_sha256(t), "dtype": _dtype_name(t), "shape": list(t.shape)}
-            for name, t in sorted(tensors.items())
-        },
+        "tensors": {name: _tensor_meta(t, storage[name]) for name, t in sorted(tensors.items())},
         **provenance,
     }
+    return entry, data
+
+
+def _follows_cap(entry: dict, tensors: dict[str, torch.Tensor], max_tensor_bytes: int) -> bool:
+    return all(entry["tensors"][name]["stored"] == _storage(t, max_tensor_bytes) for name, t in tensors.items())
 
 
 def _remove_unreferenced(directory: Path, manifest: dict) -> None:
@@ -486,29 +697,39 @@ def regenerate(
     force: bool = False,
     prune: bool = False,
     lock_timeout_s: float = 600.0,
+    max_tensor_bytes: int | None = None,
 ) -> RegenReport:
     """Write the goldens of one run (items: (case, inputs_digest, {"o": ..., "final_state": ...})).
 
     Default: only case ids not yet in the store are written. force: also rewrite stored
     goldens whose bits differ, whose inputs digest changed, or that fail verification.
-    prune: remove stored case ids that this run did not produce. See RegenReport.
+    prune: remove stored case ids that this run did not produce. max_tensor_bytes: the
+    store's size cap from now on (None: the cap the store records, or for a new store
+    `default_max_tensor_bytes(fp)`); tensors over it are stored as their digest only. See
+    RegenReport.
     """
+    if max_tensor_bytes is not None and (not isinstance(max_tensor_bytes, int) or max_tensor_bytes < 0):
+        raise ValueError(f"max_tensor_bytes: expected None or an integer >= 0, got {max_tensor_bytes!r}")
     key = platform_key(fp)
     directory = Path(root) / key
-    report = RegenReport(platform_key=key, directory=directory, force=force)
     with store_lock(directory, lock_timeout_s):
         old = _read_manifest(directory)
+        if max_tensor_bytes is None:
+            max_tensor_bytes = default_max_tensor_bytes(fp) if old is None else old["max_tensor_bytes"]
+        report = RegenReport(platform_key=key, directory=directory, force=force, max_tensor_bytes=max_tensor_bytes)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
         now = _now()
         provenance = {"written": now, "gdn_verify": fp.get("gdn_verify"), "git_commit": fp.get("git_commit")}
         seen: set[str] = set()
         pending: list[tuple[Path, bytes]] = []
+        rewritten: set[str] = set()
 
         def write(case, digest, tensors):
-            data = _case_file_bytes(case.id, digest, tensors)
-            cases[case.id] = _new_entry(case, digest, tensors, data, provenance)
-            pending.append((directory / cases[case.id]["file"], data))
+            cases[case.id], data = _new_entry(case, digest, tensors, max_tensor_bytes, provenance)
+            if data is not None:
+                pending.append((directory / cases[case.id]["file"], data))
+            rewritten.add(case.id)
 
         for case, inputs_digest, raw_tensors in results:
             case_id = case.id
@@ -536,20 +757,25 @@ def regenerate(
                 if force:
                     write(case, inputs_digest, tensors)
                 continue
-            diffs = diff_tensors(tensors, stored)
+            diffs = diff_tensors(tensors, entry["tensors"], stored)
             if force and not _all_equal(diffs):
                 write(case, inputs_digest, tensors)
                 report.replaced.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest, rewritten=True))
-            else:
-                report.kept.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest))
+                continue
+            report.kept.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest))
+            if _all_equal(diffs) and not _follows_cap(entry, tensors, max_tensor_bytes):
+                write(case, inputs_digest, tensors)
+                report.restored.append(case_id)
 
         report.unused = sorted(set(cases) - seen)
         if prune:
             for case_id in report.unused:
                 del cases[case_id]
             report.pruned = list(report.unused)
+        stored_as = [meta["stored"] for entry in cases.values() for meta in entry["tensors"].values()]
+        report.n_tensors, report.n_digest_only = len(stored_as), stored_as.count(STORED_DIGEST)
 
-        if old is not None and not pending and not report.pruned:
+        if old is not None and not rewritten and not report.pruned and max_tensor_bytes == old["max_tensor_bytes"]:
             # Nothing changed: the manifest (and its dates) stay as they are.
             _remove_unreferenced(directory, old)
             return report
@@ -564,6 +790,7 @@ def regenerate(
             "gdn_verify": fp.get("gdn_verify"),
             "git_commit": fp.get("git_commit"),
             "date": now,
+            "max_tensor_bytes": max_tensor_bytes,
             "cases": cases,
         }
         # Last: until this replace, the old manifest and every file it names are untouched.

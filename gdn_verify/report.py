@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gdn_verify.runner import STATUS_PASS, CaseResult, RunResult
+from gdn_verify.cases import DTYPES
+from gdn_verify.runner import STATUS_NOT_SUPPORTED, STATUS_PASS, CaseResult, RunResult
 
 # Up to this many cases the terminal table lists them all; beyond, only those not passing.
 _FULL_TABLE_MAX = 40
@@ -91,7 +92,8 @@ def verdict(result: RunResult) -> str:
     if goldens == "comparable":
         goldens = f"{t['golden_equal']} bitwise equal, {t['golden_missing']} without golden"
     return (f"{word}: suite {result.suite}, impl {result.impl}, {result.backend}: {t['cases']} cases, "
-            f"{t['pass']} pass, {t['fail']} fail, {t['changed']} changed, {t['error']} error; "
+            f"{t['pass']} pass, {t['fail']} fail, {t['changed']} changed, {t['error']} error, "
+            f"{t[STATUS_NOT_SUPPORTED]} not supported; "
             f"goldens: {goldens}{audit}; {result.wall_s:.1f} s")
 
 
@@ -124,7 +126,18 @@ def _where(w: dict | None) -> str:
 
 def _not_passing(result: RunResult) -> list[CaseResult]:
     rank = {"changed": 0, "fail": 1, "error": 2}
-    return sorted((r for r in result.cases if r.status != STATUS_PASS), key=lambda r: rank.get(r.status, 3))
+    return sorted((r for r in result.cases if r.status not in (STATUS_PASS, STATUS_NOT_SUPPORTED)),
+                  key=lambda r: rank.get(r.status, 3))
+
+
+def not_supported_reasons(cases: Iterable[CaseResult]) -> list[tuple[str, int, str]]:
+    """(reason, how many cases, first case id) for every case or invariant not supported, the
+    invariant's name kept in front of its reason."""
+    found: dict[str, list[str]] = {}
+    for r in cases:
+        for reason in r.not_supported:
+            found.setdefault(reason, []).append(r.id)
+    return [(reason, len(ids), ids[0]) for reason, ids in sorted(found.items(), key=lambda kv: -len(kv[1]))]
 
 
 def _ulp_rows(r: CaseResult) -> list[tuple[str, str, str, str, str, str]]:
@@ -136,12 +149,21 @@ def _ulp_rows(r: CaseResult) -> list[tuple[str, str, str, str, str, str]]:
         for tensor, d in diffs.items():
             if isinstance(d, str):
                 rows.append((source, tensor, d, "", "", ""))
+            elif d.get("digest_only"):  # goldens.DigestDiff: a sha256 and summary numbers, no ULPs
+                if not d["equal"]:
+                    rows.append((source, tensor, "different (digest only)", "-", "-",
+                                 f"no ULP statistics; {d['detail']}"))
             elif not d.get("equal", True):
                 ulp = "NaN" if d.get("max_ulp_unbounded") else str(d["max_ulp"])
                 hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items() if v)
                 rows.append((source, tensor, f"{d['n_different']}/{d['n_elements']}", ulp,
                              str(tuple(d["first_index"])) if d["first_index"] else "-", hist))
     return rows
+
+
+def digest_only_hints(cases: Iterable[CaseResult]) -> list[str]:
+    """How to get ULP statistics, once, when a golden stored as its digest only differs."""
+    return sorted({d["hint"] for r in cases for d in r.golden.diffs.values() if isinstance(d, dict) and d.get("hint")})
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,6 +192,8 @@ def markdown(result: RunResult) -> str:
             out += ["", "Bitwise differences (ULP statistics):", ""]
             out += _md_table(["case", "against", "tensor", "elements differing", "max ULP", "first index",
                               "ULP histogram"], ulp)
+            for hint in digest_only_hints(bad):
+                out += ["", f"Digest-only goldens: {hint}."]
         stages = [[f"`{r.id}`", r.stages["first_divergent"] or "none",
                    ", ".join(f"{k} {_fmt(v)}" for k, v in r.stages["stages"].items())] for r in bad if r.stages]
         if stages:
@@ -185,6 +209,12 @@ def markdown(result: RunResult) -> str:
             [[w["dtype"], w["tensor"], str(w["cases"]), _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]),
               _fmt(w["slice"]), _fmt(w["tolerance"]["slice"]), _fmt(w["max_abs"]), f"`{w['rms_case']}`",
               f"`{w['slice_case']}` {_where(w['slice_where'])}"] for w in worst])
+        out.append("")
+    unsupported = not_supported_reasons(result.cases)
+    if unsupported:
+        out += ["### Not supported by the implementation (neither passed nor failed)", ""]
+        out += _md_table(["what the case needs", "cases", "first case"],
+                         [[reason, str(n), f"`{first}`"] for reason, n, first in unsupported])
         out.append("")
     audit = result.variant_audit
     if audit is not None:
@@ -217,8 +247,8 @@ def _case_line(r: CaseResult) -> str:
         invariants = f"  invariants {sum(i.passed for i in r.invariants)}/{len(r.invariants)}"
     line = (f"{r.status.upper():7} {r.id}  {metrics}{invariants}  golden {r.golden.status}  "
             f"{r.timing.get('total_s', 0):.2f}s")
-    if r.failures:
-        line += "\n        " + "\n        ".join(r.failures)
+    if r.failures or r.not_supported:
+        line += "\n        " + "\n        ".join(r.failures + [f"not supported: {n}" for n in r.not_supported])
     return line
 
 
@@ -242,14 +272,16 @@ class Live:
         if self.progress is not None:
             self.progress.stop()
 
-    def case_done(self, r: CaseResult, index: int, total: int) -> None:
+    def case_done(self, r: CaseResult, index: int, total: int, label: str = "") -> None:
+        """label: what ran the case, when several implementations share the progress."""
+        line = f"{label}: {_case_line(r)}" if label else _case_line(r)
         if self.progress is None:
-            self.console.print(f"[{index + 1:>{len(str(total))}}/{total}] {_case_line(r)}", markup=False,
+            self.console.print(f"[{index + 1:>{len(str(total))}}/{total}] {line}", markup=False,
                                highlight=False, soft_wrap=True)
             return
-        self.progress.update(self.task, advance=1, case=r.id)
+        self.progress.update(self.task, advance=1, case=f"{label} {r.id}".strip())
         if r.status != STATUS_PASS:
-            self.progress.console.print(_case_line(r), markup=False, highlight=False)
+            self.progress.console.print(line, markup=False, highlight=False)
 
 
 def make_console() -> Console:
@@ -284,6 +316,169 @@ def print_summary(result: RunResult, console: Console) -> None:
     if result.variant_audit is not None:
         console.print(f"variant audit: {'pass' if result.variant_audit.passed else 'FAIL'}: "
                       f"{result.variant_audit.detail} {result.variant_audit.after_sweep}", markup=False)
+    for reason, n, first in not_supported_reasons(result.cases):
+        console.print(f"not supported ({n} cases, first {first}): {reason}", markup=False, highlight=False)
     if result.goldens.get("status") == "not comparable":
         console.print(result.goldens["detail"], markup=False, highlight=False)
     console.print(verdict(result), markup=False, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Side by side (gdn-verify compare)
+# ----------------------------------------------------------------------------------------
+
+# Failing cases listed per implementation in Markdown; the JSON report has every one.
+_MAX_FAILURES_SHOWN = 60
+_COUNT_ORDER = ("pass", "fail", "error", "changed", STATUS_NOT_SUPPORTED)
+
+
+def _counts(summary: dict) -> str:
+    """"12 pass, 1 fail, 3 not supported": the statuses that occur."""
+    return ", ".join(f"{summary[s]} {s}" for s in _COUNT_ORDER if summary.get(s)) or "-"
+
+
+def _worst(summary: dict, tensor: str) -> str:
+    w = summary.get(tensor)
+    return "-" if w is None else f"{_fmt(w['rms'])} (tol {_fmt(w['tolerance'])}), max abs {_fmt(w['max_abs'])}"
+
+
+def _invariant_counts(summary: dict) -> str:
+    """"determinism 12/12, ...": passed of those run, per invariant that ran."""
+    return ", ".join(f"{name} {n['passed']}/{n['run']}" for name, n in summary["invariants"].items() if n["run"]) or "-"
+
+
+def _audit_cell(cmp, spec: str) -> str:
+    audit = cmp.runs[spec].variant_audit
+    if audit is None:
+        return cmp.audit_notes.get(spec, "n/a")
+    t64, sweep = sum(audit.after_t64.values()), sum(audit.after_sweep.values())
+    return f"{'pass' if audit.passed else 'FAIL'}: {t64} after T = 64, {sweep} after the sweep ({len(audit.after_sweep)} kernels)"
+
+
+def _why_not_run(cmp) -> str:
+    return "interrupted" if cmp.interrupted else f"the time budget of {cmp.time_budget_s:g} s was reached"
+
+
+def comparison_verdict(cmp) -> str:
+    word = "PASS" if cmp.passed else "FAIL"
+    parts = [f"{spec}: {_counts(run.totals)}" for spec, run in cmp.runs.items()]
+    extra = ""
+    if cmp.not_run:
+        extra = f"; {len(cmp.not_run)} cases not run ({_why_not_run(cmp)})"
+    if cmp.unavailable:
+        extra += "; unavailable: " + ", ".join(cmp.unavailable)
+    cases = max((len(run.cases) for run in cmp.runs.values()), default=0)
+    return (f"{word}: compare, suite {cmp.suite}, {cmp.backend}: {cases} cases; " + "; ".join(parts)
+            + f"{extra}; {cmp.wall_s:.1f} s")
+
+
+def _bench_table(cmp) -> list[str]:
+    specs = cmp.specs
+    rows: dict[str, dict] = {}
+    for row in cmp.bench:
+        cells = rows.setdefault(row.shape, {})
+        if row.status == "ok":
+            cells[row.impl] = f"{row.median_ms:.3f} (first call {row.first_call_s:.1f} s)"
+        else:
+            cells[row.impl] = f"{row.status}: {row.detail}"
+    return _md_table(["shape"] + specs, [[shape] + [cells.get(s, "-") for s in specs] for shape, cells in rows.items()])
+
+
+def _failure_rows(run) -> list[list[str]]:
+    bad = _not_passing(run)
+    rows = [[f"`{r.id}`", r.status, "; ".join(r.failures)] for r in bad[:_MAX_FAILURES_SHOWN]]
+    if len(bad) > _MAX_FAILURES_SHOWN:
+        rows.append(["...", "", f"{len(bad) - _MAX_FAILURES_SHOWN} more in the JSON report"])
+    return rows
+
+
+def comparison_markdown(cmp) -> str:
+    specs = cmp.specs
+    out = [f"**gdn-verify {comparison_verdict(cmp)}**", ""]
+    for spec, why in cmp.unavailable.items():
+        out += [f"- `{spec}` skipped: {why}"]
+    if cmp.unavailable:
+        out.append("")
+    out += ["### Implementations", ""]
+    out += _md_table(["impl", "declared conventions"],
+                     [[f"`{i['spec']}`", ", ".join(f"{k}={v}" for k, v in i["conventions"].items())] for i in cmp.impls])
+    out += ["", "### Worst errors per dtype (RMS error ratio, its tolerance, max abs error)", ""]
+    worst = {spec: {(w["dtype"], w["tensor"]): w for w in worst_per_dtype(run.cases)} for spec, run in cmp.runs.items()}
+    order = {d: i for i, d in enumerate(DTYPES)}
+    keys = sorted({k for w in worst.values() for k in w}, key=lambda k: (order.get(k[0], len(order)), k[1]))
+    out += _md_table(["dtype", "tensor"] + specs,
+                     [[d, t] + [(f"{_fmt(worst[s][(d, t)]['rms'])} (tol {_fmt(worst[s][(d, t)]['tolerance']['rms'])}), "
+                                 f"max abs {_fmt(worst[s][(d, t)]['max_abs'])}") if (d, t) in worst[s] else "-"
+                                for s in specs] for d, t in keys])
+    out += ["", "### Side by side per case group (dtype, shape class)", ""]
+    rows = []
+    for g in cmp.groups():
+        rows.append([g["dtype"], g["shape"], str(g["cases"]), "cases"] + [_counts(g["impls"][s]) for s in specs])
+        rows.append(["", "", "", "invariants"] + [_invariant_counts(g["impls"][s]) for s in specs])
+        rows += [["", "", "", tensor] + [_worst(g["impls"][s], tensor) for s in specs] for tensor in ("o", "final_state")]
+    out += _md_table(["dtype", "shape", "cases", "what"] + specs, rows)
+    out += ["", "### Invariants (bitwise; split: within tolerance)", ""]
+    out += _md_table(["invariant"] + specs,
+                     [[name] + [_counts(cells[s]) for s in specs] for name, cells in cmp.invariants().items()])
+    out += ["", "### Compiled variants across the T sweep", ""]
+    out += _md_table(["impl", "variants"], [[f"`{s}`", _audit_cell(cmp, s)] for s in specs])
+    if cmp.bench:
+        from gdn_verify.compare_impls import BENCH_MODEL
+
+        shape = ", ".join(f"{k} = {v}" for k, v in BENCH_MODEL.items())
+        out += ["", f"### Median latency, ms (triton.testing.do_bench), {shape}, bfloat16, initial and final state, "
+                "q and k normalized before the call", ""]
+        out += _bench_table(cmp)
+    for spec, run in cmp.runs.items():
+        rows = _failure_rows(run)
+        if rows:
+            out += ["", f"### Failures of `{spec}` (check: metric value > tolerance)", ""]
+            out += _md_table(["case", "status", "what"], rows)
+        unsupported = not_supported_reasons(run.cases)
+        if unsupported:
+            out += ["", f"### Not supported by `{spec}` (neither passed nor failed)", ""]
+            out += _md_table(["what the case needs", "cases", "first case"],
+                             [[reason, str(n), f"`{first}`"] for reason, n, first in unsupported])
+    if cmp.not_run:
+        out += ["", f"### Not run: {_why_not_run(cmp)}", "",
+                f"{len(cmp.not_run)} cases, from `{cmp.not_run[0]}` on (all listed in the JSON report)."]
+    from gdn_verify.platform import describe
+
+    out += ["", "### Platform", "", describe(cmp.fingerprint), ""]
+    return "\n".join(out)
+
+
+def write_comparison_markdown(cmp, path: str | os.PathLike) -> None:
+    write_atomic(path, comparison_markdown(cmp))
+
+
+def print_comparison(cmp, console: Console) -> None:
+    specs = cmp.specs
+    for spec, why in cmp.unavailable.items():
+        console.print(f"skipped {spec}: {why}", markup=False, highlight=False)
+    table = Table(title="side by side per case group (worst o RMS ratio)")
+    for col in ["dtype", "shape", "cases"] + specs:
+        table.add_column(col, overflow="fold")
+    for g in cmp.groups():
+        table.add_row(g["dtype"], g["shape"], str(g["cases"]),
+                      *[f"{_counts(g['impls'][s])}; o {_worst(g['impls'][s], 'o')}" for s in specs])
+    console.print(table)
+    for name, cells in cmp.invariants().items():
+        console.print(f"{name}: " + "; ".join(f"{s} {_counts(cells[s])}" for s in specs), markup=False, highlight=False)
+    for spec in specs:
+        console.print(f"compiled variants, {spec}: {_audit_cell(cmp, spec)}", markup=False, highlight=False)
+    if cmp.bench:
+        table = Table(title="median latency, ms")
+        for col in ["shape"] + specs:
+            table.add_column(col, overflow="fold")
+        cells: dict[str, dict] = {}
+        for row in cmp.bench:
+            cells.setdefault(row.shape, {})[row.impl] = (f"{row.median_ms:.3f}" if row.status == "ok"
+                                                         else f"{row.status}: {row.detail}")
+        for shape, by_impl in cells.items():
+            table.add_row(shape, *[by_impl.get(s, "-") for s in specs])
+        console.print(table)
+    for spec, run in cmp.runs.items():
+        for r in _not_passing(run):
+            console.print(f"{spec}: {r.status.upper()} {r.id}: {'; '.join(r.failures)}", markup=False, highlight=False)
+    console.print(comparison_verdict(cmp), markup=False, highlight=False)

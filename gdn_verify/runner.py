@@ -7,6 +7,11 @@ the implementation with poisoned outputs, the comparisons of `compare`, the inva
 when an end-to-end check fails. After the cases, the compile-variant audit runs a T sweep and
 fails if shorter sequences needed variants that T = 64 alone did not.
 
+A case the implementation's adapter cannot run as declared (a dtype it does not accept, an
+argument it lacks) is "not supported": never a pass, never a failure. The same holds for an
+invariant whose derived call needs what the implementation lacks (a packed batch without
+cu_seqlens, a chained call without an initial state): it is listed as not supported.
+
 Everything returned is a dataclass with `to_json()`; tensors never enter the results.
 """
 
@@ -21,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from gdn_verify.adapters import NotSupported
 from gdn_verify.cases import Case, dense, varlen
 from gdn_verify.compare import REFERENCE_AGREEMENT, TENSORS, TensorCheck, backend_of, compare_outputs, rms_ratio
 from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
@@ -32,6 +38,8 @@ AUDIT_T = {"cuda": (1, 16, 32, 63, 64, 65, 128, 1000), "cpu-interpreter": (1, 16
 AUDIT_SHAPE = {"cuda": dict(H=4, HV=8, K=128, V=128), "cpu-interpreter": dict(H=1, HV=2, K=16, V=16)}
 
 STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR = "pass", "fail", "changed", "error"
+STATUS_NOT_SUPPORTED = "not supported"
+STATUSES = (STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR, STATUS_NOT_SUPPORTED)
 
 
 class SetupError(Exception):
@@ -72,6 +80,8 @@ class CaseResult:
     timing: dict[str, float] = field(default_factory=dict)
     repro: str | None = None
     traceback: str | None = None  # when the implementation raised
+    # Why the case (status "not supported") or one of its invariants ("name: why") could not run.
+    not_supported: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -92,6 +102,7 @@ class CaseResult:
             "timing": self.timing,
             "repro": self.repro,
             "traceback": self.traceback,
+            "not_supported": self.not_supported,
         }
 
 
@@ -122,7 +133,7 @@ class RunResult:
 
     @property
     def totals(self) -> dict[str, int]:
-        counts = {s: 0 for s in (STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR)}
+        counts = {s: 0 for s in STATUSES}
         for r in self.cases:
             counts[r.status] += 1
         counts["cases"] = len(self.cases)
@@ -133,7 +144,7 @@ class RunResult:
     @property
     def passed(self) -> bool:
         audit_ok = self.variant_audit is None or self.variant_audit.passed
-        return audit_ok and all(r.status == STATUS_PASS for r in self.cases)
+        return audit_ok and all(r.status in (STATUS_PASS, STATUS_NOT_SUPPORTED) for r in self.cases)
 
     def to_json(self) -> dict:
         return {
@@ -291,6 +302,10 @@ def reference_agreement(cases: Sequence[Case], device: str) -> list[dict]:
 def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
              goldens: _Goldens) -> tuple[CaseResult, dict[str, torch.Tensor] | None]:
     """One case; returns its result and the implementation's outputs (on the device)."""
+    reason = impl.unsupported(case)
+    if reason is not None:
+        return CaseResult(case=case, status=STATUS_NOT_SUPPORTED, failures=[], inputs_digest="",
+                          not_supported=[reason]), None
     backend = backend_of(device)
     timing: dict[str, float] = {}
     start = time.perf_counter()
@@ -327,9 +342,13 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
 
         if options.invariants:
             t = time.perf_counter()
-            with _poisoned(impl):
-                result.invariants = check_invariants(options.invariants, impl, case, inputs, outputs,
-                                                     reference, backend)
+            for name in options.invariants:
+                try:
+                    with _poisoned(impl):
+                        result.invariants += check_invariants((name,), impl, case, inputs, outputs, reference,
+                                                              backend)
+                except NotSupported as exc:
+                    result.not_supported.append(f"{name}: {exc}")
             _sync(device)
             timing["invariants_s"] = time.perf_counter() - t
             result.failures += [f"{i.name}: {i.detail}" for i in result.invariants if not i.passed]
@@ -346,6 +365,11 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
             result.failures.append(f"golden {result.golden.status}: {result.golden.detail}")
     except SetupError:
         raise
+    except NotSupported as exc:  # the main call's inputs need what the implementation lacks
+        result.status = STATUS_NOT_SUPPORTED
+        result.failures = []
+        result.not_supported.append(str(exc))
+        outputs = None
     except Exception as exc:  # a crashing implementation is a finding about this case, not the run
         result.status = STATUS_ERROR
         result.failures.append(f"{type(exc).__name__}: {exc}")
@@ -354,7 +378,9 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
     timing["total_s"] = time.perf_counter() - start
     result.timing.update(timing)
 
-    if options.repro_dir and result.status in (STATUS_FAIL, STATUS_ERROR):
+    # A reproducer calls the implementation with the common signature: only for adapters
+    # that declare no conversion.
+    if options.repro_dir and result.status in (STATUS_FAIL, STATUS_ERROR) and impl.calls_common_signature:
         from gdn_verify.repro import write_reproducer
 
         result.repro = str(write_reproducer(case, cpu_inputs, impl.spec, "; ".join(result.failures),
@@ -406,6 +432,9 @@ def run_cases(cases: Sequence[Case], impl: Impl, device: str, options: RunOption
     start = time.perf_counter()
     fp = fingerprint(device)
     goldens = _Goldens(options.goldens, fp)
+    # The audit runs first: variants the cases compile for other lengths would otherwise already
+    # be in the cache when the audit takes its T = 64 baseline, and hide a specialization on T.
+    audit = variant_audit(impl, device) if options.audit else None
     results = []
     for index, case in enumerate(cases):
         result, outputs = run_case(case, impl, device, options, goldens)
@@ -414,7 +443,6 @@ def run_cases(cases: Sequence[Case], impl: Impl, device: str, options: RunOption
             on_outputs(result, outputs)
         if on_case is not None:
             on_case(result, index, len(cases))
-    audit = variant_audit(impl, device) if options.audit else None
     return RunResult(suite=suite, impl=impl.spec, device=device, backend=backend_of(device), fingerprint=fp,
                      cases=results, goldens=goldens.summary, variant_audit=audit,
                      wall_s=time.perf_counter() - start)

@@ -30,6 +30,32 @@ def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seql
     return problem, chunks, compute_dtype(q.dtype), dot_precision(q.dtype)
 
 
+# Rows of q and k whose key head starts off a 16-byte boundary (K * itemsize not a multiple of
+# 16, e.g. K = 100 in bf16) made Triton 3.6's Hopper code for the raw 16-bit dots read shared
+# memory out of bounds (compute-sanitizer: "Invalid __shared__ read of size 512 bytes" at
+# output.py's Q K^T, recurrence_kernel, K = 100, V = 60, bf16 and fp16; H200, 2026-11-29). Such
+# K are padded with zero columns to the next 16-byte multiple: zero key columns add nothing to
+# any dot or l2 norm, and the state rows they add stay zero (zero initial rows, zero updates),
+# so the padded problem's results are the original's, and are sliced back. Real models use
+# K = 128; the copy only costs the odd sizes. Not yet re-run on the GPU after this change: the
+# device budget ran out; the CPU tests show the padded path gives the same results.
+_ALIGN_BYTES = 16
+
+
+def _aligned_k(q, k, initial_state):
+    """(q, k, initial_state, original K), the key dimension padded so a row of q or k spans a multiple of 16 bytes."""
+    K = q.shape[-1]
+    step = _ALIGN_BYTES // q.element_size()
+    padded = -(-K // step) * step
+    if padded == K:
+        return q, k, initial_state, K
+    pad = (0, padded - K)
+    q, k = torch.nn.functional.pad(q, pad), torch.nn.functional.pad(k, pad)
+    if initial_state is not None:
+        initial_state = torch.nn.functional.pad(initial_state, (0, 0) + pad)
+    return q, k, initial_state, K
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
@@ -40,11 +66,12 @@ def chunk_gated_delta_rule(
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     l2norm = use_qk_l2norm_in_kernel
+    q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
     tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
     o, final_state, _, _ = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
                                       output_final_state, l2norm, precision)
-    return o, final_state
+    return o, (final_state[:, :, :K] if final_state is not None else None)
 
 
 def chunk_gated_delta_rule_intermediates(
@@ -63,10 +90,11 @@ def chunk_gated_delta_rule_intermediates(
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     l2norm = use_qk_l2norm_in_kernel
+    q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
     tm, a = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision, store_a=True)
     w, u = wy(k, v, beta, g_cum, tm, chunks, l2norm, precision)
     o, final_state, h, v_new = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
                                           output_final_state, l2norm, precision, store_intermediates=True)
-    return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w, "U": u, "h": h, "v_new": v_new, "o": o,
-            "final_state": final_state}
+    return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w[..., :K], "U": u, "h": h[:, :, :K], "v_new": v_new,
+            "o": o, "final_state": final_state[:, :, :K] if final_state is not None else None}

@@ -24,8 +24,10 @@ def reference_rounded(q, k, v, g, beta, scale=None, initial_state=None, output_f
 
 
 def one_chunk_off(*args, **kwargs):
-    """reference_rounded with one 64-token chunk of one head 3% too large."""
+    """reference_rounded with one 64-token chunk of one head 2% too large: 1/48 of o, so the
+    global ratio (about 0.0034 with bf16 rounding) stays under the bf16 bound of 0.004 while
+    that slice alone (0.02) is far over the worst-slice bound."""
     o, final_state = reference_rounded(*args, **kwargs)
     o = o.clone()
-    o[1, 64:128, 5] *= 1.03
+    o[1, 64:128, 5] *= 1.02
     return o, final_state

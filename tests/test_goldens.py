@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import threading
@@ -321,3 +322,157 @@ def test_report_json_and_rich_table(tmp_path, fp):
     console.print(report.rich_table())
     text = console.export_text()
     assert "replaced" in text and "gone" in text and "unused" in text
+
+
+# --- size cap: tensors over the store's cap are stored as their digest only ----------------------
+
+
+def _manifest(tmp_path, fp) -> dict:
+    return json.loads((tmp_path / platform_key(fp) / "manifest.json").read_text())
+
+
+def test_digest_only_tensor_compares_equal_and_detects_one_ulp(tmp_path, fp):
+    report = regenerate(tmp_path, fp, run_items([("a", 1)]), max_tensor_bytes=0)
+    assert report.n_tensors == 2 and report.n_digest_only == 2 and "2 of 2 tensors stored as digest only" in report.render()
+    manifest = _manifest(tmp_path, fp)
+    assert manifest["max_tensor_bytes"] == 0
+    entry = manifest["cases"]["a"]
+    assert entry["file"] is None and entry["file_sha256"] is None
+    assert {meta["stored"] for meta in entry["tensors"].values()} == {"digest"}
+    assert not list((tmp_path / platform_key(fp)).glob("*.safetensors"))  # no payload at all
+
+    store = GoldenStore(tmp_path).for_platform(fp)
+    assert store.max_tensor_bytes == 0 and store.load("a")[1] == {}
+    same = store.compare("a", "d0", outputs(1))
+    assert same.status == "equal" and all(isinstance(d, goldens.DigestDiff) and d.equal for d in same.diffs.values())
+
+    changed = outputs(1)
+    changed["final_state"] = one_ulp_up(changed["final_state"], (0, 1, 2, 3))
+    found = store.compare("a", "d0", changed)
+    assert found.status == "different" and found.diffs["o"].equal
+    diff = found.diffs["final_state"]
+    assert not diff.equal and diff.new_sha256 == tensor_sha256(changed["final_state"])
+    # The sum moves by exactly the one element's change (float64 of float32 values: exact here).
+    step = changed["final_state"][0, 1, 2, 3].double() - outputs(1)["final_state"][0, 1, 2, 3].double()
+    assert step != 0 and diff.deltas()["finite_sum"] == pytest.approx(float(step), rel=1e-6)
+    assert diff.deltas()["n_nan"] == 0
+    text = diff.summary()
+    assert text.startswith("different (digest only)") and "finite_sum" in text
+    as_json = json.loads(json.dumps(found.to_json()))["diffs"]["final_state"]
+    assert as_json["digest_only"] and not as_json["equal"] and "golden diff" in as_json["hint"]
+    assert as_json["stored_summary"] == entry["tensors"]["final_state"]["summary"]
+
+
+def test_summary_numbers_are_full_precision_and_count_non_finite(tmp_path, fp):
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 2.0**-30, -3.5, float("nan")], dtype=torch.float32)
+    summary = goldens.tensor_summary(x)
+    assert (summary["n_nan"], summary["n_posinf"], summary["n_neginf"]) == (2, 1, 1)
+    finite = [1.0, 2.0**-30, -3.5]
+    assert summary["finite_sum"] == math.fsum(finite)  # exact: 2**-30 is not lost
+    assert summary["finite_l2"] == pytest.approx(math.sqrt(math.fsum(v * v for v in finite)), rel=1e-15)
+    assert summary["finite_max_abs"] == 3.5
+    regenerate(tmp_path, fp, [(StandInCase("nf"), "d0", {"o": x})], max_tensor_bytes=0)
+    # Written to and read back from the manifest without losing a bit.
+    assert _manifest(tmp_path, fp)["cases"]["nf"]["tensors"]["o"]["summary"] == summary
+
+
+def test_mixed_store_loads_and_keeps_its_integrity_checks(tmp_path, fp):
+    # o (bfloat16, 80 bytes) fits the 80-byte cap, final_state (float32, 96 bytes) does not.
+    regenerate(tmp_path, fp, run_items([("a", 1)]), max_tensor_bytes=80)
+    regenerate(tmp_path, fp, run_items([("full", 2)]), max_tensor_bytes=1 << 20)
+    manifest = _manifest(tmp_path, fp)
+    assert manifest["max_tensor_bytes"] == 1 << 20
+    assert {n: m["stored"] for n, m in manifest["cases"]["a"]["tensors"].items()} == {"o": "file", "final_state": "digest"}
+    assert {m["stored"] for m in manifest["cases"]["full"]["tensors"].values()} == {"file"}
+
+    store = GoldenStore(tmp_path).for_platform(fp)
+    entry, tensors = store.load("a")
+    assert set(tensors) == {"o"} and torch.equal(tensors["o"], outputs(1)["o"])
+    assert set(store.load("full")[1]) == {"o", "final_state"}
+    changed = outputs(1)
+    changed["o"] = one_ulp_up(changed["o"], (0, 2, 1, 0))
+    changed["final_state"] = one_ulp_up(changed["final_state"], (0, 0, 0, 0))
+    diffs = store.compare("a", "d0", changed).diffs
+    assert isinstance(diffs["o"], goldens.BitDiff) and diffs["o"].max_ulp == 1 and diffs["o"].first_index == (0, 2, 1, 0)
+    assert isinstance(diffs["final_state"], goldens.DigestDiff) and not diffs["final_state"].equal
+
+    (store.directory / entry["file"]).unlink()
+    with pytest.raises(GoldenError, match="golden file of case 'a' is missing"):
+        GoldenStore(tmp_path).for_platform(fp).load("a")
+
+
+def test_force_regen_reports_digest_level_changes(tmp_path, fp):
+    regenerate(tmp_path, fp, run_items([("a", 1)]), max_tensor_bytes=0)
+    changed = outputs(1)
+    changed["o"] = one_ulp_up(changed["o"], (0, 4, 1, 3))
+    items = [(StandInCase("a"), "d0", changed)]
+    kept = regenerate(tmp_path, fp, items)
+    assert [c.case_id for c in kept.kept_but_different] == ["a"] and goldens.DIGEST_ONLY_HINT in kept.hints()
+    forced = regenerate(tmp_path, fp, items, force=True)
+    (change,) = forced.replaced
+    assert isinstance(change.diffs["o"], goldens.DigestDiff) and not change.diffs["o"].equal
+    assert change.diffs["final_state"].equal
+    assert "different (digest only)" in forced.render() and goldens.DIGEST_ONLY_HINT in forced.render()
+    assert json.loads(json.dumps(forced.to_json()))["replaced"][0]["diffs"]["o"]["digest_only"]
+    assert GoldenStore(tmp_path).for_platform(fp).compare("a", "d0", changed).status == "equal"
+
+
+def test_a_new_cap_re_stores_reproduced_entries_and_is_kept(tmp_path, fp):
+    regenerate(tmp_path, fp, run_items([("a", 1), ("b", 2)]), max_tensor_bytes=0)
+    grown = regenerate(tmp_path, fp, run_items([("a", 1), ("b", 2)]), max_tensor_bytes=4096)
+    assert grown.restored == ["a", "b"] and not grown.replaced and grown.n_digest_only == 0
+    store = GoldenStore(tmp_path).for_platform(fp)
+    assert torch.equal(store.load("b")[1]["final_state"], outputs(2)["final_state"])
+    # Without a cap the store's recorded one applies: nothing to re-store, nothing written.
+    again = regenerate(tmp_path, fp, run_items([("a", 1), ("b", 2)]))
+    assert again.max_tensor_bytes == 4096 and not again.restored and again.bytes_written == 0
+    # Entries whose bits the run does not reproduce are left as they are.
+    changed = run_items([("a", 1)])
+    changed[0][2]["o"] = one_ulp_up(changed[0][2]["o"], (0, 0, 0, 0))
+    shrunk = regenerate(tmp_path, fp, changed + run_items([("b", 2)]), max_tensor_bytes=0)
+    assert shrunk.restored == ["b"] and [c.case_id for c in shrunk.kept_but_different] == ["a"]
+    manifest = _manifest(tmp_path, fp)
+    assert manifest["max_tensor_bytes"] == 0
+    assert manifest["cases"]["a"]["file"] is not None and manifest["cases"]["b"]["file"] is None
+    with pytest.raises(ValueError, match="max_tensor_bytes"):
+        regenerate(tmp_path, fp, run_items([("a", 1)]), max_tensor_bytes=-1)
+
+
+def test_a_new_store_gets_its_backends_default_cap(tmp_path, fp):
+    report = regenerate(tmp_path, fp, run_items([("a", 1)]))
+    assert report.max_tensor_bytes == goldens.default_max_tensor_bytes(fp) == 512 * 1024
+    assert _manifest(tmp_path, fp)["max_tensor_bytes"] == 512 * 1024
+
+
+@pytest.mark.parametrize("text, expected", [("0", 0), ("65536", 65536), ("64K", 65536), ("64kib", 65536),
+                                            ("1M", 1 << 20), ("2GiB", 2 << 30), (" 3 k ", 3072)])
+def test_byte_size(text, expected):
+    assert goldens.byte_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5M", "12Q", "K"])
+def test_byte_size_rejects(text):
+    with pytest.raises(ValueError, match="byte count"):
+        goldens.byte_size(text)
+
+
+@pytest.mark.parametrize("damage", ["bad-stored", "no-summary", "file-without-tensors", "format-1"])
+def test_inconsistent_size_cap_metadata_is_an_error(tmp_path, fp, damage):
+    regenerate(tmp_path, fp, run_items([("a", 1)]), max_tensor_bytes=80)
+    path = tmp_path / platform_key(fp) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    tensors = manifest["cases"]["a"]["tensors"]
+    if damage == "bad-stored":
+        tensors["o"]["stored"] = "elsewhere"
+    elif damage == "no-summary":
+        del tensors["final_state"]["summary"]
+    elif damage == "file-without-tensors":
+        tensors["o"] = {**tensors["o"], "stored": "digest", "summary": tensors["final_state"]["summary"]}
+    else:
+        manifest["format"] = 1
+        del manifest["max_tensor_bytes"]
+    path.write_text(json.dumps(manifest))
+    expected = {"bad-stored": "stored='elsewhere'", "no-summary": "lacks \\['summary'\\]",
+                "file-without-tensors": "names file", "format-1": "format 1.*regenerate"}[damage]
+    with pytest.raises(GoldenError, match=expected):
+        GoldenStore(tmp_path).for_platform(fp).load("a")

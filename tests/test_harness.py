@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -152,6 +153,67 @@ def test_golden_regen_refuses_failing_cases(tmp_path, restore_threads):
     # Every smoke case has a non-zero reference: zero outputs fail them all, and none is written.
     for platform_dir in store.iterdir():
         assert json.loads((platform_dir / "manifest.json").read_text())["cases"] == {}
+
+
+def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, restore_threads, capsys):
+    """Under --max-golden-bytes 0 every tensor is stored as its digest: equal bits still pass,
+    a one-ULP change still exits 1, and the reports say the golden was digest only."""
+    store = tmp_path / "goldens"
+    common = ["--suite", "smoke", "--cases", "dense-b2-t65", "--device", "cpu", "--goldens", store]
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:rounded_reference", "--max-golden-bytes", "0") == 0
+    (platform_dir,) = store.iterdir()
+    manifest = json.loads((platform_dir / "manifest.json").read_text())
+    assert manifest["max_tensor_bytes"] == 0 and not list(platform_dir.glob("*.safetensors"))
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    assert run("run", *common, "--impl", "gdn_doubles:rounded_reference", "--no-audit", "--json", out_json) == 0
+    assert json.loads(out_json.read_text())["cases"][0]["golden"]["status"] == "equal"
+
+    assert run("run", *common, "--impl", "gdn_doubles:one_ulp", "--no-audit", "--json", out_json,
+               "--markdown", out_md) == 1
+    (case,) = json.loads(out_json.read_text())["cases"]
+    assert case["status"] == "changed" and case["golden"]["status"] == "different"
+    o, final_state = case["golden"]["diffs"]["o"], case["golden"]["diffs"]["final_state"]
+    assert o["digest_only"] and not o["equal"] and o["deltas"]["finite_sum"] != 0
+    assert final_state["digest_only"] and final_state["equal"]
+    md = out_md.read_text()
+    assert f"| `{case['id']}` | golden | o | different (digest only) | - | - | no ULP statistics; finite_sum" in md
+    assert "Digest-only goldens:" in md and "--max-golden-bytes" in md
+
+    capsys.readouterr()
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 1
+    out = capsys.readouterr().out
+    assert "different (digest only)" in out and "hint:" in out
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--force") == 0
+    assert "different (digest only)" in capsys.readouterr().out  # what the replacement changed
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 0
+
+
+def _output_nbytes(case) -> list[int]:
+    """Bytes of o ([B, T, HV, V], the case's dtype) and of the final state ([N, HV, K, V], float32;
+    float64 in exact mode), from the case's fields."""
+    size = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+    state_size = 8 if case.dtype == "float64" else 4
+    return [case.B * case.T * case.HV * case.V * size[case.dtype], case.N * case.HV * case.K * case.V * state_size]
+
+
+def test_the_cpu_suite_fits_the_interpreter_cap():
+    # The committed interpreter goldens keep every tensor in full, hence ULP statistics for
+    # every case; a larger cpu-suite case would silently turn into a digest-only golden.
+    from gdn_verify.goldens import DEFAULT_MAX_TENSOR_BYTES
+    from gdn_verify.platform import INTERPRETER_BACKEND
+
+    largest = max(n for case in suite("cpu") for n in _output_nbytes(case))
+    assert largest <= DEFAULT_MAX_TENSOR_BYTES[INTERPRETER_BACKEND]
+
+
+def test_default_regen_stores_the_largest_cpu_suite_tensors_in_full(tmp_path, restore_threads):
+    """...and so does `golden regen` with its default cap, on a new interpreter store."""
+    largest = max(suite("cpu"), key=lambda c: max(_output_nbytes(c)))
+    assert run("golden", "regen", "--suite", "cpu", "--cases", f"^{re.escape(largest.id)}$", "--device", "cpu",
+               "--impl", "gdn_doubles:rounded_reference", "--goldens", tmp_path) == 0
+    (manifest_path,) = tmp_path.glob("*/manifest.json")
+    (entry,) = json.loads(manifest_path.read_text())["cases"].values()
+    assert {meta["stored"] for meta in entry["tensors"].values()} == {"file"}
 
 
 # ----------------------------------------------------------------------------------------
