@@ -19,6 +19,10 @@ ROOT = Path(__file__).parent
 OUT = ROOT / "out"
 CPU_TORCH = "torch==2.13.0"
 TRITON_VERSIONS = ["3.9.0", "3.6.0"]
+# The committed interpreter goldens were written with exactly these; the platform key records
+# them, so a session that reads or writes goldens pins them (a newer Triton or NumPy would make
+# the store "not comparable" instead of checking bits).
+GOLDEN_PINS = [CPU_TORCH, "triton==3.9.0", "numpy==2.4.6"]
 # Interpreter runs that read or write goldens pin the thread count: the interpreter's output
 # changes by about one ULP with the BLAS thread count (gdn_verify/platform.py).
 INTERPRETER_ENV = {
@@ -30,9 +34,9 @@ INTERPRETER_ENV = {
 }
 
 
-def _install(session: nox.Session, *extra: str, triton: str | None = None) -> None:
-    session.install(CPU_TORCH, *([f"triton=={triton}"] if triton else []))
-    session.install("-e", f".{'[' + ','.join(extra) + ']' if extra else ''}")
+def _install(session: nox.Session, *extra: str, triton: str | None = None, pins=(CPU_TORCH,)) -> None:
+    session.install(*pins, *([f"triton=={triton}"] if triton else []))
+    session.install("-e", f".{'[' + ','.join(extra) + ']' if extra else ''}", *pins)
 
 
 def _pytest(session: nox.Session, junit: str, *args: str) -> None:
@@ -62,7 +66,7 @@ def tests_triton(session: nox.Session, triton: str) -> None:
 @nox.session
 def verify(session: nox.Session) -> None:
     """The main job: a verification run on the best available backend, with its reports."""
-    _install(session)
+    _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
     args = session.posargs or ["--suite", "cpu"]
     session.run(
@@ -75,7 +79,7 @@ def verify(session: nox.Session) -> None:
 @nox.session(name="golden-check")
 def golden_check(session: nox.Session) -> None:
     """The cpu suite against the committed goldens: fails on any unexpected bitwise diff."""
-    _install(session)
+    _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
     session.run(
         "gdn-verify", "run", "--suite", "cpu", "--device", "cpu", "--goldens", "goldens",
@@ -93,11 +97,20 @@ def gate(session: nox.Session) -> None:
 @nox.session
 def golden(session: nox.Session) -> None:
     """Regenerate goldens on purpose: new cases only; pass --force to rewrite existing ones."""
-    _install(session)
+    _install(session, pins=GOLDEN_PINS)
     session.run(
         "gdn-verify", "golden", "regen", "--suite", "cpu", "--goldens", "goldens", *session.posargs,
         env=INTERPRETER_ENV,
     )
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Known GDN bug classes applied to a copy of kernels/: the cpu suite must catch each one."""
+    _install(session, pins=GOLDEN_PINS)
+    OUT.mkdir(exist_ok=True)
+    session.run("gdn-verify", "mutate", "--suite", "cpu", "--goldens", "goldens",
+                "--json", str(OUT / "mutants.json"), *session.posargs, env=INTERPRETER_ENV)
 
 
 @nox.session(venv_backend="none")
