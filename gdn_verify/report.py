@@ -98,21 +98,35 @@ def verdict(result: RunResult) -> str:
 
 
 def worst_per_dtype(cases: Iterable[CaseResult]) -> list[dict]:
-    """Per (dtype, tensor): the worst RMS ratio and worst-slice ratio, with the cases."""
+    """Per (dtype, tensor): the worst RMS ratio and worst-slice ratio, with the cases, and the
+    worst global and slice ratios beyond rounding (None where not checked)."""
     worst: dict[tuple[str, str], dict] = {}
     for r in cases:
         for name, c in r.checks.items():
             row = worst.setdefault((r.case.dtype, name), {
                 "dtype": r.case.dtype, "tensor": name, "tolerance": c.tolerance, "rms": -1.0, "rms_case": None,
-                "slice": -1.0, "slice_case": None, "slice_where": None, "max_abs": 0.0, "cases": 0})
+                "slice": -1.0, "slice_case": None, "slice_where": None, "max_abs": 0.0, "cases": 0,
+                "excess": None, "excess_slice": None})
             row["cases"] += 1
             if not c.rms_ratio <= row["rms"]:
                 row["rms"], row["rms_case"] = c.rms_ratio, r.id
             if c.worst_slice is not None and not c.worst_slice["ratio"] <= row["slice"]:
                 row["slice"], row["slice_case"], row["slice_where"] = c.worst_slice["ratio"], r.id, c.worst_slice
             row["max_abs"] = max(row["max_abs"], c.max_abs)
+            if c.excess_ratio is not None:
+                row["excess"] = max(row["excess"] or 0.0, c.excess_ratio)
+            if c.worst_excess_slice is not None:
+                row["excess_slice"] = max(row["excess_slice"] or 0.0, c.worst_excess_slice["ratio"])
     order = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
     return sorted(worst.values(), key=lambda w: (order.get(w["dtype"], 9), w["tensor"]))
+
+
+def _beyond_rounding(w: dict) -> str:
+    """A worst_per_dtype row's "global / slice (tol global / slice)" beyond rounding, or "-"."""
+    tol = w["tolerance"].get("excess")
+    if tol is None:
+        return "-"
+    return f"{_fmt(w['excess'])} / {_fmt(w['excess_slice'])} (tol {_fmt(tol[0])} / {_fmt(tol[1])})"
 
 
 def _where(w: dict | None) -> str:
@@ -205,9 +219,10 @@ def markdown(result: RunResult) -> str:
         out += ["### Worst errors per dtype", ""]
         out += _md_table(
             ["dtype", "tensor", "cases", "worst RMS ratio", "tolerance", "worst slice ratio", "tolerance",
-             "max abs error", "worst RMS case", "worst slice"],
+             "beyond rounding (global / slice)", "max abs error", "worst RMS case", "worst slice"],
             [[w["dtype"], w["tensor"], str(w["cases"]), _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]),
-              _fmt(w["slice"]), _fmt(w["tolerance"]["slice"]), _fmt(w["max_abs"]), f"`{w['rms_case']}`",
+              _fmt(w["slice"]), _fmt(w["tolerance"]["slice"]), _beyond_rounding(w), _fmt(w["max_abs"]),
+              f"`{w['rms_case']}`",
               f"`{w['slice_case']}` {_where(w['slice_where'])}"] for w in worst])
         out.append("")
     unsupported = not_supported_reasons(result.cases)
@@ -240,8 +255,11 @@ def _case_line(r: CaseResult) -> str:
     o, fs = r.checks.get("o"), r.checks.get("final_state")
     metrics = ""
     if o is not None and fs is not None:
-        metrics = (f"o {_fmt(o.rms_ratio)}/{_fmt(o.worst_slice['ratio'] if o.worst_slice else None)} "
-                   f"state {_fmt(fs.rms_ratio)}/{_fmt(fs.worst_slice['ratio'] if fs.worst_slice else None)}")
+        metrics = f"o {_fmt(o.rms_ratio)}/{_fmt(o.worst_slice['ratio'] if o.worst_slice else None)} "
+        if o.excess_ratio is not None:
+            slice_excess = o.worst_excess_slice["ratio"] if o.worst_excess_slice else None
+            metrics += f"(beyond rounding {_fmt(o.excess_ratio)}/{_fmt(slice_excess)}) "
+        metrics += f"state {_fmt(fs.rms_ratio)}/{_fmt(fs.worst_slice['ratio'] if fs.worst_slice else None)}"
     invariants = ""
     if r.invariants:
         invariants = f"  invariants {sum(i.passed for i in r.invariants)}/{len(r.invariants)}"
@@ -307,11 +325,13 @@ def print_summary(result: RunResult, console: Console) -> None:
     worst = worst_per_dtype(result.cases)
     if worst:
         table = Table(title="worst errors per dtype")
-        for col in ("dtype", "tensor", "RMS ratio", "tol", "slice ratio", "tol", "max abs", "case"):
+        for col in ("dtype", "tensor", "RMS ratio", "tol", "slice ratio", "tol", "beyond rounding", "max abs",
+                    "case"):
             table.add_column(col, overflow="fold")
         for w in worst:
             table.add_row(w["dtype"], w["tensor"], _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]), _fmt(w["slice"]),
-                          _fmt(w["tolerance"]["slice"]), _fmt(w["max_abs"]), w["rms_case"] or "")
+                          _fmt(w["tolerance"]["slice"]), _beyond_rounding(w), _fmt(w["max_abs"]),
+                          w["rms_case"] or "")
         console.print(table)
     if result.variant_audit is not None:
         console.print(f"variant audit: {'pass' if result.variant_audit.passed else 'FAIL'}: "

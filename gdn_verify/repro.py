@@ -8,8 +8,9 @@ with its own naive recurrence, prints the RMS error ratio, the worst slice, the 
 error and the NaN/Inf count of o and final_state, and exits 1 when the recorded tolerance
 is exceeded (2 when it cannot run at all). The metrics follow gdn_verify.compare (global
 RMS ratio; worst (sequence, head, 64-token chunk) slice for o and (sequence, head) for the
-final state, each against its own reference norm floored at the evenly spread share), so
-the script fails where the suite failed.
+final state, each against its own reference norm floored at the evenly spread share; for o
+in float16 / bfloat16 also both ratios of the error beyond rounding the reference into o's
+dtype), so the script fails where the suite failed.
 """
 
 from __future__ import annotations
@@ -122,21 +123,33 @@ def ratio(err, ref):
     return err / ref
 
 
+def beyond_rounding(diff, rounding):
+    """sqrt(max(||diff||^2 - ||rounding||^2, 0)): the error beyond rounding into the output dtype."""
+    return math.sqrt(max(float((diff * diff).sum() - (rounding * rounding).sum()), 0.0))
+
+
 def check(name, actual, expected, inputs, tol):
     a, r = actual.detach().double().cpu(), expected.detach().double().cpu()
     if a.shape != r.shape:
         return [f"{name}: shape {tuple(a.shape)}, expected {tuple(r.shape)}"], {}
     diff = a - r
+    excess = tol.get("excess")  # [global, slice] bounds beyond rounding, or None
+    rounding = r.to(actual.dtype).double() - r if excess else None
     n_nan, n_inf = int(a.isnan().sum()), int(a.isinf().sum())
     ref_norm = float(torch.linalg.vector_norm(r)) if r.numel() else 0.0
     rms = ratio(float(torch.linalg.vector_norm(diff)) if diff.numel() else 0.0, ref_norm)
-    worst, worst_where = 0.0, None
+    worst, worst_where, worst_excess, worst_excess_where = 0.0, None, 0.0, None
     for where, index in slices(inputs, name, r.shape):
         d, s = diff[index], r[index]
         floor = ref_norm * math.sqrt(s.numel() / r.numel()) if r.numel() else 0.0
-        x = ratio(float(torch.linalg.vector_norm(d)), max(float(torch.linalg.vector_norm(s)), floor))
+        denom = max(float(torch.linalg.vector_norm(s)), floor)
+        x = ratio(float(torch.linalg.vector_norm(d)), denom)
         if not x <= worst:
             worst, worst_where = (math.inf if math.isnan(x) else x), where
+        if excess:
+            x = ratio(beyond_rounding(d, rounding[index]), denom)
+            if not x <= worst_excess:
+                worst_excess, worst_excess_where = (math.inf if math.isnan(x) else x), where
     max_abs = float(diff.abs().max()) if diff.numel() else 0.0
     metrics = {"rms_ratio": rms, "worst_slice_ratio": worst, "worst_slice": worst_where,
                "max_abs_error": max_abs, "ref_max_abs": float(r.abs().max()) if r.numel() else 0.0,
@@ -148,6 +161,15 @@ def check(name, actual, expected, inputs, tol):
         failures.append(f"{name}: RMS error ratio {rms:.3g} > {tol['rms']:.3g}")
     if not worst <= tol["slice"]:
         failures.append(f"{name}: worst slice ratio {worst:.3g} > {tol['slice']:.3g} at {worst_where}")
+    if excess:
+        rms_excess = ratio(beyond_rounding(diff, rounding), ref_norm)
+        metrics.update(beyond_rounding_ratio=rms_excess, worst_slice_beyond_rounding=worst_excess,
+                       worst_slice_beyond_rounding_at=worst_excess_where)
+        if not rms_excess <= excess[0]:
+            failures.append(f"{name}: RMS error ratio beyond rounding {rms_excess:.3g} > {excess[0]:.3g}")
+        if not worst_excess <= excess[1]:
+            failures.append(f"{name}: worst slice ratio beyond rounding {worst_excess:.3g} > {excess[1]:.3g} "
+                            f"at {worst_excess_where}")
     return failures, metrics
 
 
@@ -235,10 +257,16 @@ def _default_tolerances(dtype: str) -> dict:
     from gdn_verify.compare import BACKENDS, TENSORS, tolerance
 
     return {
-        backend: {name: {"rms": tolerance(name, dtype, backend).rms, "slice": tolerance(name, dtype, backend).slice}
-                  for name in TENSORS}
+        backend: {name: _tolerance_entry(tolerance(name, dtype, backend)) for name in TENSORS}
         for backend in BACKENDS
     }
+
+
+def _tolerance_entry(tol) -> dict:
+    entry = {"rms": tol.rms, "slice": tol.slice}
+    if tol.excess is not None:
+        entry["excess"] = list(tol.excess)
+    return entry
 
 
 def _importable_spec(spec: str) -> str:
@@ -257,7 +285,7 @@ def write_reproducer(case, inputs: dict[str, torch.Tensor], impl_spec: str, fail
                      out_dir: str | os.PathLike, tolerances: dict | None = None) -> Path:
     """Write <out_dir>/<case.id>/{inputs.safetensors, repro.py, README.txt}; returns that directory.
 
-    tolerances: {backend: {tensor: {"rms", "slice"}}}; default: gdn_verify.compare's table
+    tolerances: {backend: {tensor: {"rms", "slice"[, "excess": [global, slice]]}}}; default: gdn_verify.compare's table
     for the case's dtype.
     """
     impl_spec = _importable_spec(impl_spec)

@@ -65,8 +65,14 @@ def raises(*args, **kwargs):
 def one_ulp(*args, **kwargs):
     """rounded_reference with the last bit of about one element in 16 of o flipped (those whose
     low four bits read 5): one ULP each, chosen by value, so still deterministic and batch
-    invariant; only the goldens can see it."""
+    invariant; only the goldens can see it. In float16 / bfloat16 o only elements under 1e-3
+    in magnitude are flipped (a few in the smoke cases, whose o has RMS ~0.1): one ULP in one
+    element of 16 there is an error beyond rounding of order 1e-4 / 1e-3, which the accuracy
+    check catches, as it should (measured with the 1e-3 limit: 1.3e-6 worst slice, bound 2.5e-5)."""
     o, final_state = rounded_reference(*args, **kwargs)
     ints = o.clone().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[o.element_size()])
-    ints = torch.where((ints & 0xF) == 5, ints ^ 1, ints)
+    flip = (ints & 0xF) == 5
+    if o.element_size() < 4:
+        flip &= o.abs() < 1e-3
+    ints = torch.where(flip, ints ^ 1, ints)
     return ints.view(o.dtype), final_state

@@ -84,6 +84,55 @@ def test_one_broken_chunk_fails_on_the_worst_slice_while_the_global_ratio_passes
     assert not c.passed and "worst slice" in c.failures[0] and "chunk 7" in c.failures[0]
 
 
+ROUNDED = ("float16", "bfloat16")
+
+
+def _random_o(case, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(case.B, case.T, case.HV, case.V, dtype=torch.float64, generator=g)
+
+
+@pytest.mark.parametrize("dtype", ROUNDED)
+def test_the_reference_rounded_into_the_dtype_has_no_error_beyond_rounding(dtype):
+    case = dense(64 * 4, H=1, HV=2, K=8, V=16, dtype=dtype)
+    r = _random_o(case)
+    c = compare_tensor("o", r.to(getattr(torch, dtype)), r, case, BACKEND, poisoned=False)
+    assert c.rms_ratio > 1e-4  # the rounding itself, which the total bounds have to allow
+    assert c.excess_ratio == 0.0 and c.worst_excess_slice["ratio"] == 0.0
+    assert c.passed and c.to_json()["tolerance"]["excess"] == list(tolerance("o", dtype, BACKEND).excess)
+
+
+def test_tf32_grade_error_on_top_of_rounding_fails_only_beyond_rounding():
+    """Relative noise of 5e-4 (a TF32 dot) before rounding to bfloat16 hides in the total
+    ratio (bfloat16 rounding alone is ~1.7e-3) but not in the error beyond rounding."""
+    case = dense(64 * 4, H=1, HV=2, K=8, V=16, dtype="bfloat16")
+    tol = tolerance("o", "bfloat16", BACKEND)
+    r = _random_o(case)
+    noise = torch.randn(r.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    c = compare_tensor("o", (r * (1 + 5e-4 * noise)).to(torch.bfloat16), r, case, BACKEND, poisoned=False)
+    assert c.rms_ratio < tol.rms and c.worst_slice["ratio"] < tol.slice
+    assert c.excess_ratio == pytest.approx(5e-4, rel=0.15)
+    assert c.worst_excess_slice["ratio"] > tol.excess[1]
+    assert len(c.failures) == 2 and all("beyond rounding" in f for f in c.failures)
+
+
+@pytest.mark.parametrize("dtype", ROUNDED)
+def test_zero_and_subnormal_references_beyond_rounding(dtype):
+    case = dense(5, H=1, HV=2, K=4, V=3, dtype=dtype, gate="strong", beta="zero")
+    out = getattr(torch, dtype)
+    zero = torch.zeros(1, 5, 2, 3, dtype=torch.float64)
+    same = compare_tensor("o", zero.to(out), zero, case, BACKEND, poisoned=False)
+    assert same.passed and same.excess_ratio == 0 and same.worst_excess_slice["ratio"] == 0
+    off = compare_tensor("o", torch.full((1, 5, 2, 3), 1e-6, dtype=out), zero, case, BACKEND, poisoned=False)
+    # Judged against the dtype's smallest normal number per element, with nothing to subtract.
+    assert not off.passed and off.excess_ratio == off.rms_ratio > 1e-2
+    # A reference below the smallest normal number rounds to subnormals or zero; that rounding
+    # is all the error there is, and the excess stays 0 rather than dividing by ~0.
+    tiny = _random_o(case) * torch.finfo(out).tiny * 1e-2
+    rounded = compare_tensor("o", tiny.to(out), tiny, case, BACKEND, poisoned=False)
+    assert rounded.passed and rounded.excess_ratio == 0 and 0 < rounded.rms_ratio < 1e-2
+
+
 def test_chunks_follow_sequences_in_a_packed_batch():
     case = varlen((0, 70, 1, 64), H=1, HV=1, K=1, V=1, dtype="float32")
     slices, owner = chunk_slices(case)
@@ -145,5 +194,10 @@ def test_tolerance_table_is_complete_and_ordered_by_precision():
         o = [tolerance("o", dtype, backend).rms for dtype in DTYPES]
         assert o == sorted(o)
     assert len(TOLERANCES) == len(BACKENDS) * len(TENSORS) * len(DTYPES)
+    # The error beyond rounding is bounded where o is rounded below float32, tightly enough to
+    # catch TF32-grade dots (about 5e-4 relative).
+    for (tensor, dtype, _), tol in TOLERANCES.items():
+        assert (tol.excess is not None) == (tensor == "o" and dtype in ROUNDED)
+        assert tol.excess is None or tol.excess[0] <= tol.excess[1] < 2.5e-4
     with pytest.raises(ValueError, match="no tolerance"):
         tolerance("o", "float32", "tpu")
