@@ -18,7 +18,6 @@ dominates) over the median time.
 
 import argparse
 import json
-import platform
 import sys
 
 import torch
@@ -26,6 +25,7 @@ import triton
 import triton.testing
 
 from gdn_verify.kernels.fused_recurrent import BLOCK_V, fused_recurrent_gated_delta_rule, num_warps_for
+from gdn_verify.platform import fingerprint
 
 H, HV, K, V = 16, 32, 128, 128
 DTYPE = torch.bfloat16
@@ -68,19 +68,6 @@ def time_ms(fn, graph: bool) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def environment() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "capability": f"{props.major}.{props.minor}",
-        "sm_count": props.multi_processor_count,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="bench_decode.json", help="results file (default: %(default)s)")
@@ -105,9 +92,9 @@ def main() -> int:
                          "bytes": moved, "bandwidth_tb_s": moved / (ms * 1e-3) / 1e12})
             del inputs, o, final_state
 
-    env = environment()
+    env = fingerprint("cuda")
     config = {"BV": BLOCK_V, "num_warps": num_warps_for(K, BLOCK_V)}
-    print(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}; "
+    print(f"{env['gpu_name']}, torch {env['torch']}, triton {env['triton']}; "
           f"H={H} HV={HV} K={K} V={V} {str(DTYPE).removeprefix('torch.')}, {config}")
     print(f"{'seqs':>5} {'mode':<12} {'median ms':>10} {'target':>7} {'MB moved':>9} {'TB/s':>6}")
     for r in rows:

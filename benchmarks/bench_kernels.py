@@ -29,7 +29,6 @@ os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="triton-cache-
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -44,6 +43,7 @@ from gdn_verify.kernels.chunk_map import build_chunk_map  # noqa: E402
 from gdn_verify.kernels.cumsum import cumsum  # noqa: E402
 from gdn_verify.kernels.kkt_solve import kkt_solve  # noqa: E402
 from gdn_verify.kernels.recurrence import recurrence  # noqa: E402
+from gdn_verify.platform import fingerprint  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
@@ -90,19 +90,6 @@ def packed_lengths() -> list[int]:
 def bytes_moved(inputs: dict, o: torch.Tensor, final_state: torch.Tensor) -> int:
     tensors = [t for t in inputs.values() if isinstance(t, torch.Tensor)] + [o, final_state]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def environment() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "capability": f"{props.major}.{props.minor}",
-        "sm_count": props.multi_processor_count,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def variant_sweep() -> dict:
@@ -209,8 +196,8 @@ def main() -> int:
     stages = stage_rows()
     accuracy = accuracy_rows()
 
-    env = environment()
-    print(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}; "
+    env = fingerprint("cuda")
+    print(f"{env['gpu_name']}, torch {env['torch']}, triton {env['triton']}; "
           f"H={H} HV={HV} K={K} V={V} {str(DTYPE).removeprefix('torch.')}, h0 + final state, l2norm")
     print(f"{'shape':>8} {'T':>6} {'mode':<6} {'median ms':>10} {'anchor':>7} {'target':>7} {'copy floor':>11}")
     for r in latency:
