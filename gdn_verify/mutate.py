@@ -405,6 +405,8 @@ def run_mutants(mutants: Sequence[Mutant], cases: Sequence[Case], goldens: str |
     """
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
+    if goldens is not None:  # the workers run in a temporary directory
+        goldens = str(Path(goldens).resolve())
     start = time.perf_counter()
     dirs = source_dirs()
     for m in mutants:  # every anchor checked before anything runs

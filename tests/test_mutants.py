@@ -154,13 +154,15 @@ def test_every_mutant_is_caught_by_its_cases():
 
 
 @pytest.mark.slow
-def test_golden_only_mutant_survives_without_goldens_and_the_cli_exits_1(tmp_path):
+def test_golden_only_mutant_survives_without_goldens_and_the_cli_exits_1(tmp_path, monkeypatch):
     # An empty store has no goldens for this platform: only the reference checks and the
-    # invariants run, and they cannot see a change of a few ULPs.
+    # invariants run, and they cannot see a change of a few ULPs. The store is named relative
+    # to the working directory, as `nox -s mutants` does, while the workers run elsewhere.
     empty_store, out = tmp_path / "goldens", tmp_path / "mutate.json"
     empty_store.mkdir()
+    monkeypatch.chdir(tmp_path)
     case = GOLDEN_ONLY.kills[0]
-    argv = ["mutate", "--mutant", GOLDEN_ONLY.name, "--cases", f"^{case}$", "--goldens", str(empty_store),
+    argv = ["mutate", "--mutant", GOLDEN_ONLY.name, "--cases", f"^{case}$", "--goldens", "goldens",
             "--json", str(out)]
     assert cli.main(argv) == cli.EXIT_FAIL
     report = json.loads(out.read_text())
