@@ -4,7 +4,6 @@ Runs compiled on a CUDA machine and under the Triton interpreter elsewhere (conf
 shapes small enough for the interpreter: about a minute for the whole file on one core.
 """
 
-import math
 from functools import partial
 
 import pytest
@@ -14,12 +13,14 @@ from gdn_verify.cases import Case
 from gdn_verify.cases import dense as _dense
 from gdn_verify.cases import varlen as _varlen
 from gdn_verify.contract import GDNInputError
-from gdn_verify.inputs import make_inputs, to_device
+from gdn_verify.inputs import make_inputs
 from gdn_verify.kernels import fused_recurrent as fused_recurrent_module
 from gdn_verify.kernels._alloc import poisoned_outputs, unwritten_mask
 from gdn_verify.kernels._launch import compiled_variants
 from gdn_verify.kernels.fused_recurrent import fused_recurrent_gated_delta_rule
 from gdn_verify.reference import recurrent_gated_delta_rule
+
+from kernel_checks import assert_same_bits, case_kwargs, error_ratio
 
 KERNEL = "fused_recurrent_gated_delta_rule_kernel"
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -77,50 +78,15 @@ ACCURACY_CASES = [
 ]
 
 
-# Below float32's normal range (1.2e-38) a value cannot be carried, and strong decay takes
-# the reference's state there (17 tokens of g <= -1 with beta = 0: about 1e-111). The error is
-# measured against the reference's norm floored at this size per element, far below any
-# value that matters and far above what float32 can hold, so such a state compares as equal
-# to zero instead of giving a ratio of 1.
-NORM_FLOOR_PER_ELEMENT = 1e-30
-
-
-def error_ratio(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    """||actual - reference|| / max(||reference||, floor), in float64."""
-    a, r = actual.detach().cpu().double(), reference.double()
-    floor = NORM_FLOOR_PER_ELEMENT * math.sqrt(r.numel())
-    return (torch.linalg.vector_norm(a - r) / max(torch.linalg.vector_norm(r).item(), floor)).item()
-
-
-def _args(inputs: dict, case: Case, device: str) -> dict:
-    x = to_device(inputs, device)
-    return dict(q=x["q"], k=x["k"], v=x["v"], g=x["g"], beta=x["beta"], scale=case.scale,
-                initial_state=x.get("initial_state"), output_final_state=True,
-                cu_seqlens=x.get("cu_seqlens"))
 
 
 def run_kernel(inputs: dict, case: Case, device: str):
-    return fused_recurrent_gated_delta_rule(**_args(inputs, case, device),
+    return fused_recurrent_gated_delta_rule(**case_kwargs(inputs, case, device),
                                             use_qk_l2norm_in_kernel=case.l2norm)
 
 
 def run_reference(inputs: dict, case: Case):
-    return recurrent_gated_delta_rule(**_args(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
-
-
-def int_view(t: torch.Tensor) -> torch.Tensor:
-    ints = {8: torch.int64, 4: torch.int32, 2: torch.int16}
-    return t.detach().cpu().contiguous().view(ints[t.element_size()])
-
-
-def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    a, e = int_view(actual), int_view(expected)
-    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-    differ = a != e
-    if differ.any():
-        first = [int(i) for i in differ.nonzero()[0]]
-        pytest.fail(f"{what}: {int(differ.sum())} of {differ.numel()} elements differ in bits, "
-                    f"first at {first}")
+    return recurrent_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,14 +199,14 @@ def test_bad_input_is_rejected_before_any_launch(monkeypatch, device: str):
     launches = []
     monkeypatch.setattr(fused_recurrent_module, "launch", lambda *a, **kw: launches.append(a))
     case = dense(3, **_SMALL)
-    args = _args(make_inputs(case), case, device)
+    args = case_kwargs(make_inputs(case), case, device)
     args["beta"] = args["beta"][:, :, :1]  # one value head instead of HV = 2
     with pytest.raises(GDNInputError, match=r"^beta: expected shape \(1, 3, 2\)"):
         fused_recurrent_gated_delta_rule(**args)
-    args = _args(make_inputs(case), case, device)
+    args = case_kwargs(make_inputs(case), case, device)
     with pytest.raises(GDNInputError, match="use_qk_l2norm_in_kernel"):
         fused_recurrent_gated_delta_rule(**args, use_qk_l2norm_in_kernel=1)
     assert launches == []
     # The stub does see a valid call, so the empty list above means something.
-    fused_recurrent_gated_delta_rule(**_args(make_inputs(case), case, device))
+    fused_recurrent_gated_delta_rule(**case_kwargs(make_inputs(case), case, device))
     assert len(launches) == 1
