@@ -66,7 +66,10 @@ def launch(kernel, grid, *args, **constexprs) -> None:
     """kernel[grid](*args, **constexprs), recording the variant it needs."""
     name = _python_fn(kernel).__name__
     _kernels[name] = kernel
-    _seen_keys[name].add(_specialization_key(kernel, args, constexprs))
+    if not hasattr(kernel, "device_caches"):
+        # Interpreted: no compile cache to count, so count keys. Compiled launches skip this
+        # (Triton's cache is the count), keeping the key's cost off the decode hot path.
+        _seen_keys[name].add(_specialization_key(kernel, args, constexprs))
     kernel[grid](*args, **constexprs)
 
 
