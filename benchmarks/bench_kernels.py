@@ -9,7 +9,7 @@ tokens. Each is timed with `triton.testing.do_bench` (median):
 * graph: the same call replayed from a CUDA graph, the device time alone (dense only: a packed
   call reads cu_seqlens on the host once, which a graph cannot capture).
 
-Stages: the chunk map, cumsum, kkt_solve and the recurrence (with the output fused) timed
+Stages: the chunk map, cumsum, kkt_solve, the recurrence and the output timed
 alone from CUDA graphs at T = 65536 and packed, to say what limits the time.
 
 Accuracy: RMS error ratio of o against the float64 recurrent reference computed on the GPU,
@@ -42,6 +42,7 @@ from gdn_verify.kernels._common import compute_dtype, dot_precision  # noqa: E40
 from gdn_verify.kernels.chunk_map import build_chunk_map  # noqa: E402
 from gdn_verify.kernels.cumsum import cumsum  # noqa: E402
 from gdn_verify.kernels.kkt_solve import kkt_solve  # noqa: E402
+from gdn_verify.kernels.output import output  # noqa: E402
 from gdn_verify.kernels.recurrence import recurrence  # noqa: E402
 from gdn_verify.platform import fingerprint  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402
@@ -148,16 +149,20 @@ def stage_rows() -> list[dict]:
         chunks = stages["chunk_map"]()
         g_cum = cumsum(x["g"], chunks, acc)
         tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
+        _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True,
+                                 precision)
         stages["cumsum"] = lambda: cumsum(x["g"], chunks, acc)
         stages["kkt_solve"] = lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
-        stages["recurrence"] = lambda: recurrence(x["q"], x["k"], x["v"], x["beta"], g_cum, tm, chunks,
-                                                  problem.scale, x["initial_state"], True, True, precision)
+        stages["recurrence"] = lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks,
+                                                  x["initial_state"], True, True, precision)
+        stages["output"] = lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True,
+                                          precision, DTYPE)
         for stage, fn in stages.items():
             fn()
             torch.cuda.synchronize()
             ms = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
             rows.append({"shape": name, "stage": stage, "median_ms": ms})
-        del x, chunks, g_cum, tm
+        del x, chunks, g_cum, tm, h, v_new
         torch.cuda.empty_cache()
     return rows
 

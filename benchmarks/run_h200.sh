@@ -57,14 +57,22 @@ n=0; while IFS= read -r regex; do
 wait
 echo "   phase A done after $((SECONDS - s))s"; grep -h -iE "added|failed|error|exit" "$LOGS"/shard*.log | head -40; tail -n 30 "$LOGS/compare.log"
 
-# Phase B: benchmarks on a quiet GPU (bench_kernels measures its own cold start).
+# Phase B0: compute-sanitizer over the odd head sizes (K = 100, V = 60: the shapes where Triton
+# 3.6 has compiled out-of-bounds shared-memory reads before), kernels already compiled by phase A.
+step sanitizer 70 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m gdn_verify run --suite gpu \
+  --device cuda --cases 'k100v60-(bf16|f16)' --max-cases 6 --no-audit
+
+# Phase B: the kernel benchmark on a quiet GPU (it measures its own cold start).
 step bench_kernels 130 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json"
-step bench_decode 50 python3 benchmarks/bench_decode.py --json "$OUT/bench_decode.json"
-step bench_reference 40 python3 benchmarks/bench_reference.py --device cuda --repeats 3 --json "$OUT/bench_reference_cuda.json"
 
 # Phase C: the whole gpu suite against the goldens phase A wrote, in one warm process.
-step gpu_suite 120 python3 -m gdn_verify run --suite gpu --device cuda --goldens goldens \
+step gpu_suite 150 python3 -m gdn_verify run --suite gpu --device cuda --goldens goldens \
   --json "$OUT/gpu.json" --markdown "$OUT/gpu.md"
+
+# If time is left: the decode and reference benchmarks (their code is not what a kernel change
+# touches, so these come last).
+step bench_decode 50 python3 benchmarks/bench_decode.py --json "$OUT/bench_decode.json"
+step bench_reference 40 python3 benchmarks/bench_reference.py --device cuda --repeats 3 --json "$OUT/bench_reference_cuda.json"
 
 # Phase D, if time is left: latency of both implementations on the anchor shapes.
 step compare_bench 150 env PYTHONPATH=/tmp/site python3 -m gdn_verify compare --impl gdn --impl fla-chunk \

@@ -85,16 +85,21 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
     ("o", "float32", "cuda"): Tolerance(rms=1e-5, slice=2.5e-5),
     # measured rms 7.3e-6, slice 1.2e-5
     ("final_state", "float32", "cuda"): Tolerance(rms=1.5e-5, slice=2.5e-5),
-    # measured rms 2.1e-4, slice 2.7e-4. Beyond rounding: unmeasured on the GPU, the
-    # interpreter's bounds (float32 accumulation as there; dots against the float32 state are
-    # bf16x3 there, about 2^-16 relative, so the excess should be similar or smaller)
+    # measured rms 2.1e-4, slice 2.7e-4. Beyond rounding (H200, Triton 3.6, 2026-11-29: the 75
+    # float16 cases of the gpu suite that ran, benchmarks/results/h200/gpu_suite_partial.log):
+    # rms 7.5e-6, slice 1.4e-5 - the interpreter's bounds hold with the same ~3x margin.
     ("o", "float16", "cuda"): Tolerance(rms=5e-4, slice=7e-4, excess=(2e-5, 4e-5)),
     # measured rms 9.0e-6; slice not recorded: the interpreter's bound (measured 1.8e-5)
     ("final_state", "float16", "cuda"): Tolerance(rms=2e-5, slice=4e-5),
-    # measured rms 1.91e-3, slice 2.03e-3 (71 bf16 cases of the gpu suite, H200, Triton 3.6,
-    # benchmarks/results/h200/gpu_suite_partial.log); kept at the interpreter's bounds.
-    # Beyond rounding: unmeasured on the GPU, the interpreter's bounds (as for float16)
-    ("o", "bfloat16", "cuda"): Tolerance(rms=4e-3, slice=6e-3, excess=(1.2e-5, 2.5e-5)),
+    # measured rms 1.91e-3, slice 2.03e-3 (gpu suite, H200, Triton 3.6); kept at the
+    # interpreter's bounds. Beyond rounding (same runs, 107 bfloat16 cases plus the 74 of
+    # benchmarks/results/h200/compare.json): rms 9.2e-6, slice 3.46e-5, both at
+    # dense-b1-t87-h4x8-d128-bf16-gstrong-state0 (chunk 1, 23 tokens). That is above the
+    # interpreter's bounds (1.2e-5 / 2.5e-5, set before any GPU measurement), which it failed: on
+    # the GPU the dots against float32 tiles are bf16x3 (about 2^-16 relative a product) where
+    # the interpreter computes them in IEEE float32. Bounds raised to ~3x the measured worst, the
+    # rule of every other row; a TF32 dot (about 5e-4 relative) would still exceed them 10x.
+    ("o", "bfloat16", "cuda"): Tolerance(rms=4e-3, slice=6e-3, excess=(3e-5, 1e-4)),
     # measured rms 6.3e-6, slice 1.76e-5 (same run)
     ("final_state", "bfloat16", "cuda"): Tolerance(rms=2e-5, slice=4e-5),
 }

@@ -107,8 +107,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "factored-exp",
         "decay factored as exp(gam_i) * exp(-gam_j) (overflow under strong decay)",
-        (Edit("output.py", "scores = scores * masked_exp(gam[:, None] - gam[None, :], causal)",
-              "scores = scores * tl.where(causal, tl.exp(gam)[:, None] * tl.exp(-gam)[None, :], 0.0)"),),
+        (Edit("output.py", "* masked_exp(gam[:, None] - gam[None, :], causal)",
+              "* tl.where(causal, tl.exp(gam)[:, None] * tl.exp(-gam)[None, :], 0.0)"),),
         kills=("dense-b1-t17-h1x2-d16-bf16-gstrong-beta0-state0",),
     ),
     Mutant(
@@ -122,15 +122,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "state-transposed",
         "final state stored transposed ([V, K] instead of [K, V])",
-        (Edit("recurrence.py", "tl.store(ht_ptr + state_offsets, state, mask=state_mask)",
-              "tl.store(ht_ptr + seq_head * K * V + vcols[None, :] * K + kcols[:, None], state, mask=state_mask)"),),
+        (Edit("recurrence.py", "tl.store(ht_ptr + head_state + state_tile, state, mask=state_mask)",
+              "tl.store(ht_ptr + head_state + vcols[None, :] * K + kcols[:, None], state, mask=state_mask)"),),
         kills=("dense-b1-t2-h1x2-d16-f64-beta1",),
     ),
     Mutant(
         "initial-state-first-seq-only",
         "initial state applied only to the first sequence of a packed batch",
-        (Edit("recurrence.py", "state = tl.load(h0_ptr + state_offsets, mask=state_mask, other=0.0)",
-              "state = tl.where(n == 0, tl.load(h0_ptr + state_offsets, mask=state_mask, other=0.0), 0.0)"),),
+        (Edit("recurrence.py", "state = tl.load(h0_ptr + head_state + state_tile, mask=state_mask, other=0.0)",
+              "state = tl.where(n == 0, tl.load(h0_ptr + head_state + state_tile, mask=state_mask, other=0.0), 0.0)"),),
         kills=("varlen-64.1.0-h1x2-d16-f32-gstrong-state0",),
     ),
     Mutant(
@@ -151,6 +151,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit("kkt_solve.py", "from ._triton_compat import dot", "from ._triton_compat import cast_to, dot"),
          Edit("kkt_solve.py", "beta = tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0).to(ACC)",
               "beta = cast_to(tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0), tl.bfloat16).to(ACC)"),
+         Edit("recurrence.py", "from ._triton_compat import dot, loop_bound",
+              "from ._triton_compat import cast_to, dot, loop_bound"),
          Edit("recurrence.py", "beta = tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0).to(ACC)",
               "beta = cast_to(tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0), tl.bfloat16).to(ACC)")),
         kills=("dense-b1-t33-h1x2-d16-f64-gzero",),
@@ -173,7 +175,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "gva-wrong-key-head",
         "wrong key head for a value head under GVA (hv % H instead of hv // (HV / H))",
         (Edit("kkt_solve.py", "kh = hv // GROUP", "kh = hv % H"),
-         Edit("recurrence.py", "kh = hv // GROUP", "kh = hv % H")),
+         Edit("recurrence.py", "kh = hv // GROUP", "kh = hv % H"),
+         Edit("output.py", "kh = hv // GROUP", "kh = hv % H")),
         kills=("dense-b1-t7-h2x4-d16-f32-gzero-state0",),
     ),
     Mutant(

@@ -73,14 +73,26 @@ def split_scale(scale: float) -> tuple[float, float]:
 
 
 @triton.jit
+def row_squares(x, ACC: tl.constexpr):
+    """sum(x^2) per row of x, in ACC: a row's squared norm, or one block's share of it."""
+    xf = x.to(ACC)
+    return tl.sum(xf * xf, axis=1)
+
+
+@triton.jit
+def inverse_norm(squares):
+    """1 / sqrt(squares + L2NORM_EPS): the l2norm factor from a row's squared norm."""
+    return 1.0 / tl.sqrt(squares + _L2NORM_EPS)
+
+
+@triton.jit
 def inverse_l2_norm(x, ACC: tl.constexpr):
     """1 / sqrt(sum(x^2) + L2NORM_EPS) per row of x, in ACC.
 
     The kernels keep q and k raw as dot operands (exact products for 16-bit inputs) and apply
     this factor to the rows of the products instead: diag(r) (X Y) = (diag(r) X) Y.
     """
-    xf = x.to(ACC)
-    return 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) + _L2NORM_EPS)
+    return inverse_norm(row_squares(x, ACC))
 
 
 @triton.jit

@@ -4,8 +4,9 @@
     A   = strictly lower (beta_i k_i.k_j exp(gam_i - gam_j)),
     Tm  = (I + A)^-1                                                   kkt_solve.py
     W   = Tm diag(beta exp(gam)) K,  U = Tm diag(beta) V               wy.py (diagnostics only)
-    per sequence, chunk after chunk, entering with S:                  recurrence.py
-        V' = U - W S,  O = scale (...),  S <- exp(gam_last) S + ...    (+ output.py's arithmetic)
+    per sequence, chunk after chunk, entering with S (stored as h):   recurrence.py
+        V' = U - W S,  S <- exp(gam_last) S + (decayed K)^T V'
+    every chunk at once:  O = scale (diag(exp(gam)) Q S + (causal(Q K^T) * decay) V')  output.py
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ._common import compute_dtype, dot_precision
 from .chunk_map import ChunkMap, build_chunk_map
 from .cumsum import cumsum
 from .kkt_solve import kkt_solve
+from .output import output
 from .recurrence import recurrence
 from .wy import wy
 
@@ -33,12 +35,14 @@ def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seql
 # Rows of q and k whose key head starts off a 16-byte boundary (K * itemsize not a multiple of
 # 16, e.g. K = 100 in bf16) made Triton 3.6's Hopper code for the raw 16-bit dots read shared
 # memory out of bounds (compute-sanitizer: "Invalid __shared__ read of size 512 bytes" at
-# output.py's Q K^T, recurrence_kernel, K = 100, V = 60, bf16 and fp16; H200, 2026-11-29). Such
-# K are padded with zero columns to the next 16-byte multiple: zero key columns add nothing to
-# any dot or l2 norm, and the state rows they add stay zero (zero initial rows, zero updates),
-# so the padded problem's results are the original's, and are sliced back. Real models use
-# K = 128; the copy only costs the odd sizes. Not yet re-run on the GPU after this change: the
-# device budget ran out; the CPU tests show the padded path gives the same results.
+# the Q K^T dot of the output (then fused into the recurrence), K = 100, V = 60, bf16 and fp16;
+# H200, 2026-11-29). Such K are padded with zero columns to the next 16-byte multiple: zero key
+# columns add nothing to any dot or l2 norm, and the state rows they add stay zero (zero initial
+# rows, zero updates), so the padded problem's results are the original's, and are sliced back. Real models use
+# K = 128; the copy only costs the odd sizes. On the H200 (2026-11-29) the padded path is
+# compute-sanitizer clean on those cases; the unpadded one was too once the output moved out of
+# the recurrence, but Triton 3.6 has miscompiled other tile / warp configurations of these
+# kernels since (see output.py), so the guard stays.
 _ALIGN_BYTES = 16
 
 
@@ -69,8 +73,9 @@ def chunk_gated_delta_rule(
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
     tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
-    o, final_state, _, _ = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
-                                      output_final_state, l2norm, precision)
+    final_state, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state,
+                                       l2norm, precision)
+    o = output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype)
     return o, (final_state[:, :, :K] if final_state is not None else None)
 
 
@@ -82,10 +87,9 @@ def chunk_gated_delta_rule_intermediates(
 ) -> dict[str, torch.Tensor | None]:
     """The same pass, returning every stage's output under STAGES.md's names.
 
-    g_cum, Tm, h, v_new, o and final_state come from the kernels of the fast path (the
-    recurrence run with its diagnostic stores on: same arithmetic, so o and final_state are
-    bitwise those of chunk_gated_delta_rule); A is written by the solve stage on request; W and
-    U by the WY stage from that Tm.
+    g_cum, Tm, h, v_new, o and final_state come from the kernels of the fast path, so o and
+    final_state are bitwise those of chunk_gated_delta_rule; A is written by the solve stage on
+    request; W and U by the WY stage from that Tm.
     """
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
@@ -94,7 +98,8 @@ def chunk_gated_delta_rule_intermediates(
     g_cum = cumsum(g, chunks, acc)
     tm, a = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision, store_a=True)
     w, u = wy(k, v, beta, g_cum, tm, chunks, l2norm, precision)
-    o, final_state, h, v_new = recurrence(q, k, v, beta, g_cum, tm, chunks, problem.scale, initial_state,
-                                          output_final_state, l2norm, precision, store_intermediates=True)
+    final_state, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state,
+                                       l2norm, precision)
+    o = output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype)
     return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w[..., :K], "U": u, "h": h[:, :, :K], "v_new": v_new,
             "o": o, "final_state": final_state[:, :, :K] if final_state is not None else None}

@@ -1,9 +1,8 @@
 """Stage 5: O = scale (diag(exp(gam)) Q S + (causal(Q K^T) * exp(gam_i - gam_j)) V').
 
-`chunk_output` is the arithmetic, shared with the state recurrence, which computes o in the
-same pass that produces S and V' (so the fast path never writes the per-chunk states). The
-stand-alone `output_kernel` computes o from stored states and V', so this stage can be checked
-on its own against the reference's h and v_new.
+Every chunk's output depends only on that chunk's inputs, the state entering it (h) and its V',
+all written by the recurrence, so this stage runs over all chunks at once: the sequential pass
+stays as short as the recurrence allows, and a single long sequence still fills the GPU here.
 """
 
 from __future__ import annotations
@@ -13,85 +12,98 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, inverse_l2_norm, masked_exp, raw_dot, split_operand, split_scale
+from ._common import CHUNK, block_size, inverse_norm, masked_exp, raw_dot, row_squares, split_operand, split_scale
 from ._launch import launch
-from ._triton_compat import cast_to, dot
+from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
 
-# Diagnostics only (the fast path fuses the output into the recurrence); 8 warps keep the
-# 64 x 64 float32 tiles from spilling much.
-NUM_WARPS = 8
+# Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128, T = 65536 / 256 packed short sequences;
+# 2026-11-29): 4 warps, BV = 64, no software pipelining: 2.33 / 0.87 ms. BV = 32 or 128: 3.43 /
+# 1.30 and 2.71 / 0.98; 8 warps: 2.75-4.5 ms at T = 65536; 2 warps spill kilobytes; pipelining
+# 2 deep: 0.18 ms slower. (Triton 3.6 also compiled 8 warps with BV = 32 into an illegal
+# memory access at T = 65536: one more reason to keep to the measured configuration.)
+NUM_WARPS = 4
+NUM_STAGES = 1
+# Chunks per program: a loop over a few consecutive chunks spreads each program's setup over
+# them (measured before the K blocking below: 2.64 ms with 4, 2.73 with 1). Fixed, never from T.
+CHUNKS_PER_PROGRAM = 4
+# Columns of K per step of the Q S and Q K^T accumulation.
+KEY_BLOCK = 64
 
 
-@triton.jit
-def load_chunk_qk(q_ptr, k_ptr, tokens, valid, kh, H, K, kcols, L2NORM: tl.constexpr, ACC: tl.constexpr):
-    """Raw q and k rows of one chunk and key head, with their l2norm factors (1 without l2norm)."""
-    mask = valid[:, None] & (kcols < K)[None, :]
-    offsets = tokens[:, None] * (H * K) + kh * K + kcols[None, :]
-    q = tl.load(q_ptr + offsets, mask=mask, other=0.0)
-    k = tl.load(k_ptr + offsets, mask=mask, other=0.0)
-    if L2NORM:
-        rq = inverse_l2_norm(q, ACC)
-        rk = inverse_l2_norm(k, ACC)
-    else:
-        rq = tl.full([CHUNK], 1.0, ACC)
-        rk = tl.full([CHUNK], 1.0, ACC)
-    return q, k, rq, rk
+def output_value_block(K: int, V: int) -> int:
+    """V columns per program (from K and V only, never from T). Every V block recomputes the
+    chunk's Q K^T, so blocks are as wide as the registers allow."""
+    return min(block_size(V), 64)
 
 
-@triton.jit
-def chunk_output(q, k, rq, rk, gam, valid, state_hi, state_lo, v_new, scale, PRECISION: tl.constexpr):
-    """One chunk's o (before the cast to v's dtype) from raw q, k, their factors, S (split by
-    split_operand for q's dtype) and V'."""
-    ACC: tl.constexpr = v_new.dtype
-    rows = tl.arange(0, CHUNK)
-    inter = raw_dot(q, state_hi, state_lo, PRECISION) * (rq * tl.exp(gam))[:, None]
-    causal = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]
-    scores = dot(q, tl.trans(k), PRECISION).to(ACC) * rq[:, None] * rk[None, :]
-    scores = scores * masked_exp(gam[:, None] - gam[None, :], causal)
-    return (inter + dot(scores, v_new, PRECISION)) * scale
-
-
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def output_kernel(
     q_ptr, k_ptr, g_cum_ptr, h_ptr, v_new_ptr, o_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
-    scale_hi, scale_lo, H, HV, K, V, GROUP,
-    BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, PRECISION: tl.constexpr,
+    n_chunks, scale_hi, scale_lo, H, HV, K, V, GROUP,
+    BK: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, CHUNKS: tl.constexpr, L2NORM: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    """One program per (chunk x value head, V block)."""
-    chunk_head = tl.program_id(0).to(tl.int64)
-    vb = tl.program_id(1)
-    chunk = chunk_head // HV
-    hv = chunk_head % HV
+    """One program per (group of CHUNKS consecutive chunks, value head, V block). The V blocks
+    and the value heads of a key head run side by side, so the q and k tiles they share come
+    from L2."""
+    pid = tl.program_id(0)
+    n_vblocks = tl.cdiv(V, BV)
+    group = pid // (HV * n_vblocks)
+    hv = (pid // n_vblocks) % HV
+    vb = pid % n_vblocks
     kh = hv // GROUP
     ACC: tl.constexpr = h_ptr.dtype.element_ty
-    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+    RAW: tl.constexpr = q_ptr.dtype.element_ty
     rows = tl.arange(0, CHUNK)
-    kcols = tl.arange(0, BK)
     vcols = vb * BV + tl.arange(0, BV)
-    valid = rows < length
-    tokens = t0 + rows
-
-    q, k, rq, rk = load_chunk_qk(q_ptr, k_ptr, tokens, valid, kh, H, K, kcols, L2NORM, ACC)
-    gam = tl.load(g_cum_ptr + tokens * HV + hv, mask=valid, other=0.0)
-    state = tl.load(h_ptr + (chunk_head * K + kcols[:, None]) * V + vcols[None, :],
-                    mask=(kcols < K)[:, None] & (vcols < V)[None, :], other=0.0)
-    v_offsets = tokens[:, None] * (HV * V) + hv * V + vcols[None, :]
-    v_mask = valid[:, None] & (vcols < V)[None, :]
-    v_new = tl.load(v_new_ptr + v_offsets, mask=v_mask, other=0.0)
     scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
-    state_hi, state_lo = split_operand(state, q_ptr.dtype.element_ty)
-    o = chunk_output(q, k, rq, rk, gam, valid, state_hi, state_lo, v_new, scale, PRECISION)
-    tl.store(o_ptr + v_offsets, cast_to(o, o_ptr.dtype.element_ty), mask=v_mask)
+    first = group * CHUNKS
+    for chunk in tl.range(loop_bound(first), loop_bound(tl.minimum(first + CHUNKS, n_chunks))):
+        t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+        valid = rows < length
+        qk_base = (t0 * H + kh) * K
+        state_base = (tl.cast(chunk, tl.int64) * HV + hv) * K * V
+        # Q S and Q K^T accumulate over K in blocks of KB: a whole K x BV float32 state with its
+        # two bfloat16 halves, beside whole Q and K tiles, left no registers (spills at every
+        # tile width, sm_90) - the l2 norms accumulate alongside.
+        q_state = tl.zeros([CHUNK, BV], ACC)
+        qk = tl.zeros([CHUNK, CHUNK], ACC)
+        q_squares = tl.zeros([CHUNK], ACC)
+        k_squares = tl.zeros([CHUNK], ACC)
+        for kb in tl.static_range(BK // KB):
+            kcols = kb * KB + tl.arange(0, KB)
+            q = tl.load(q_ptr + qk_base + (rows[:, None] * (H * K) + kcols[None, :]),
+                        mask=valid[:, None] & (kcols < K)[None, :], other=0.0)
+            # K^T read as its own tile rather than transposed in registers: Triton 3.6 on sm_90
+            # compiled a tl.trans'ed operand of this dot into out-of-bounds shared-memory reads in
+            # some tile / warp configurations (illegal memory access; H200, 2026-11-29).
+            k_t = tl.load(k_ptr + qk_base + (kcols[:, None] + rows[None, :] * (H * K)),
+                          mask=(kcols < K)[:, None] & valid[None, :], other=0.0)
+            state = tl.load(h_ptr + state_base + (kcols[:, None] * V + vcols[None, :]),
+                            mask=(kcols < K)[:, None] & (vcols < V)[None, :], other=0.0)
+            state_hi, state_lo = split_operand(state, RAW)
+            q_state += raw_dot(q, state_hi, state_lo, PRECISION)
+            qk += dot(q, k_t, PRECISION).to(ACC)
+            if L2NORM:
+                q_squares += row_squares(q, ACC)
+                k_squares += row_squares(tl.trans(k_t), ACC)
+        if L2NORM:
+            rq = inverse_norm(q_squares)
+            rk = inverse_norm(k_squares)
+        else:
+            rq = tl.full([CHUNK], 1.0, ACC)
+            rk = tl.full([CHUNK], 1.0, ACC)
 
-
-def value_block(K: int, V: int) -> int:
-    """V columns per program of the state-carrying stages (from K and V only, never from T).
-
-    32 columns split V = 128 into four programs per head, which with 32 heads fills the GPU's
-    132 SMs for a single sequence; large K halves it to keep the K x BV state in registers.
-    """
-    return min(block_size(V), 32 if block_size(K) <= 128 else 16)
+        gam = tl.load(g_cum_ptr + (t0 + rows) * HV + hv, mask=valid, other=0.0)
+        v_tile = (t0 * HV + hv) * V + (rows[:, None] * (HV * V) + vcols[None, :])
+        v_mask = valid[:, None] & (vcols < V)[None, :]
+        v_new = tl.load(v_new_ptr + v_tile, mask=v_mask, other=0.0)
+        inter = q_state * (rq * tl.exp(gam))[:, None]
+        causal = (rows[:, None] >= rows[None, :]) & valid[:, None] & valid[None, :]
+        scores = qk * rq[:, None] * rk[None, :] * masked_exp(gam[:, None] - gam[None, :], causal)
+        o = (inter + dot(scores, v_new, PRECISION)) * scale
+        tl.store(o_ptr + v_tile, cast_to(o, o_ptr.dtype.element_ty), mask=v_mask)
 
 
 def output(
@@ -104,8 +116,10 @@ def output(
     HV, V = v_new.shape[2], v_new.shape[3]
     o = new_output((B, T, HV, V), out_dtype, q.device)
     if chunks.n_chunks:
-        BV = value_block(K, V)
-        launch(output_kernel, (chunks.n_chunks * HV, triton.cdiv(V, BV)), q, k, g_cum, h, v_new, o,
-               *chunks.span_args, *split_scale(scale), H, HV, K, V, HV // H,
-               BK=block_size(K), BV=BV, L2NORM=use_l2norm, PRECISION=precision, num_warps=NUM_WARPS)
+        BV = output_value_block(K, V)
+        groups = triton.cdiv(chunks.n_chunks, CHUNKS_PER_PROGRAM)
+        launch(output_kernel, (groups * HV * triton.cdiv(V, BV),), q, k, g_cum, h, v_new, o,
+               *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
+               BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
+               L2NORM=use_l2norm, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return o
