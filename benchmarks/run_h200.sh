@@ -9,7 +9,8 @@
 # Steps have their own time limits inside one overall deadline, so a slow step costs only
 # itself. Phase A shards the gpu suite over processes: Triton compiles each shape/dtype/flag
 # combination cold, and shards compile theirs in parallel (the golden store is locked against
-# concurrent writers).
+# concurrent writers). A shard stopped by its time limit still writes the goldens of the cases
+# it passed (`golden regen` turns timeout's SIGTERM into a stop), so a rerun continues from there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-out/h200}

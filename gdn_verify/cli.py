@@ -17,8 +17,9 @@
 (gdn_verify/adapters.py); each applies to the --impl before it (flags before any --impl apply
 to the first).
 
-Exit codes: 0 every check passed; 1 a check failed or a bitwise diff against the goldens;
-2 usage or setup error (bad arguments, unknown suite or implementation, unreadable goldens).
+Exit codes: 0 every check passed; 1 a check failed or a bitwise diff against the goldens (or a
+`golden regen` stopped by SIGTERM / SIGINT before its last case, having written the goldens of
+the cases that passed); 2 usage or setup error (bad arguments, unknown suite or implementation, unreadable goldens).
 
 On the CPU the kernels run in Triton's interpreter, which `@triton.jit` decides when a kernel
 is decorated, so TRITON_INTERPRET=1 is set here before anything imports the kernels; runs
@@ -28,6 +29,7 @@ that read or write goldens there pin the thread counts the interpreter's bits de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -134,6 +136,19 @@ def _impl(requests, device: str):
         raise CLIError(str(exc)) from exc
 
 
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM (timeout's) and SIGINT raise KeyboardInterrupt inside the block, so a command
+    under a wall-clock limit can stop and still report or keep what it finished; installed here
+    because a shell may start the process with SIGINT ignored."""
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_with_progress(args, cases, impl, device, options, on_outputs=None):
     from gdn_verify.report import Live, make_console
     from gdn_verify.runner import SetupError, run_cases
@@ -185,23 +200,40 @@ def cmd_golden_regen(args) -> int:
     # Goldens are the outputs of passing runs only: a case that fails its reference check
     # is reported and never written.
     options = RunOptions(invariants=(), diagnose=False, audit=False)
-    passing = []
+    passing, failed = [], []
 
     def keep(result, outputs):
         if result.status == STATUS_PASS:
             passing.append((result.case, result.inputs_digest, {k: t.detach().cpu() for k, t in outputs.items()}))
+        else:
+            failed.append(result)
 
-    result, console = _run_with_progress(args, cases, impl, device, options, on_outputs=keep)
+    # Stopped by a wall-clock limit (a GPU session's compile-bound shards), the run still writes
+    # the goldens of the cases that passed before it: each is complete and checked, and the
+    # store is updated in one atomic step as always. Only --prune waits for a whole run.
+    interrupted = False
     try:
-        regen = regenerate(args.goldens, result.fingerprint, passing, force=args.force, prune=args.prune,
+        with _stop_on_signals():
+            result, console = _run_with_progress(args, cases, impl, device, options, on_outputs=keep)
+        fp = result.fingerprint
+    except KeyboardInterrupt:
+        from gdn_verify.platform import fingerprint
+        from gdn_verify.report import make_console
+
+        interrupted, fp, console = True, fingerprint(device), make_console()
+    try:
+        regen = regenerate(args.goldens, fp, passing, force=args.force, prune=args.prune and not interrupted,
                            max_tensor_bytes=args.max_golden_bytes)
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     console.print(regen.rich_table())
-    failed = [r for r in result.cases if r.status != STATUS_PASS]
     for r in failed:
         console.print(f"not written ({r.status}): {r.id}: {'; '.join(r.failures)}", markup=False, highlight=False)
-    return EXIT_FAIL if failed else EXIT_PASS
+    if interrupted:
+        console.print(f"interrupted after {len(passing) + len(failed)} of {len(cases)} cases: the goldens of the "
+                      f"{len(passing)} that passed are written, the other cases were not run"
+                      + ("; --prune not applied" if args.prune else ""), markup=False, highlight=False)
+    return EXIT_FAIL if failed or interrupted else EXIT_PASS
 
 
 def cmd_golden_diff(args) -> int:
@@ -270,20 +302,14 @@ def cmd_compare(args) -> int:
     if not adapters:
         raise CLIError("no implementation can run here:\n" + "\n".join(unavailable.values()))
     options = RunOptions(audit=not args.no_audit)
-    # A wall-clock limit (timeout's SIGTERM, or SIGINT) stops the comparison, which then
-    # reports what ran; installed here because a shell may start the process with SIGINT ignored.
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     title = f"{args.suite} / " + " vs ".join(a.spec for a in adapters)
-    try:
-        with Live(console, len(cases) * len(adapters), title) as live:
-            def progress(spec, result, index, total):
-                live.case_done(result, index, total, label=spec)
+    # A wall-clock limit stops the comparison, which then reports what ran.
+    with _stop_on_signals(), Live(console, len(cases) * len(adapters), title) as live:
+        def progress(spec, result, index, total):
+            live.case_done(result, index, total, label=spec)
 
-            comparison = compare_impls(adapters, cases, device, options, suite=args.suite, bench=args.bench,
-                                       time_budget_s=args.time_budget, unavailable=unavailable, on_case=progress)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        comparison = compare_impls(adapters, cases, device, options, suite=args.suite, bench=args.bench,
+                                   time_budget_s=args.time_budget, unavailable=unavailable, on_case=progress)
     print_comparison(comparison, console)
     if args.json:
         write_json(comparison, args.json)

@@ -24,6 +24,15 @@ def rounded_reference(*args, **kwargs):
     return o.to(args[2].dtype), final_state
 
 
+def interrupted_after_two_calls(*args, **kwargs):
+    """rounded_reference for two calls, then the KeyboardInterrupt that the CLI turns SIGTERM
+    into (a wall-clock limit arriving mid-run). Tests reset `.calls` first."""
+    interrupted_after_two_calls.calls = getattr(interrupted_after_two_calls, "calls", 0) + 1
+    if interrupted_after_two_calls.calls > 2:
+        raise KeyboardInterrupt
+    return rounded_reference(*args, **kwargs)
+
+
 def zeros(*args, **kwargs):
     """Returns zeros of the right shapes and dtypes: must fail."""
     o, final_state = rounded_reference(*args, **kwargs)

@@ -155,6 +155,24 @@ def test_golden_regen_refuses_failing_cases(tmp_path, restore_threads):
         assert json.loads((platform_dir / "manifest.json").read_text())["cases"] == {}
 
 
+def test_interrupted_regen_writes_the_cases_that_passed(tmp_path, restore_threads, capsys):
+    """A regen stopped mid-run (what timeout's SIGTERM becomes) keeps the goldens of the cases
+    that passed before the stop, exits 1, and never prunes on a partial run."""
+    store = tmp_path / "goldens"
+    common = ["--suite", "smoke", "--device", "cpu", "--goldens", store]
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:rounded_reference", "--cases", "h1x2") == 0
+    before = set(json.loads(next(store.iterdir()).joinpath("manifest.json").read_text())["cases"])
+    gdn_doubles.interrupted_after_two_calls.calls = 0
+    capsys.readouterr()
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:interrupted_after_two_calls", "--prune") == 1
+    out = capsys.readouterr().out
+    n_cases = len(suite("smoke"))
+    assert f"interrupted after 2 of {n_cases} cases" in out and "--prune not applied" in out
+    after = set(json.loads(next(store.iterdir()).joinpath("manifest.json").read_text())["cases"])
+    first_two = {c.id for c in suite("smoke")[:2]}
+    assert after == before | first_two and len(after - before) == len(first_two - before) > 0
+
+
 def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, restore_threads, capsys):
     """Under --max-golden-bytes 0 every tensor is stored as its digest: equal bits still pass,
     a one-ULP change still exits 1, and the reports say the golden was digest only."""
