@@ -1,0 +1,152 @@
+"""Stage latency under alternative launch configurations: how the module constants of
+kernels/kkt_solve.py, recurrence.py and output.py were chosen (their comments quote the
+results). CUDA only. Inputs: bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm),
+at T = 65536 and for 256 packed sequences of 1..128 tokens.
+
+A configuration sets a stage module's constants (warps, value block, pipelining depth, key
+step) before the stage's first launch, so it compiles as a variant of its own. Every
+configuration runs in a child process: compiles are slow and single-threaded, so the children
+first compile at a small T in parallel (one shared TRITON_CACHE_DIR), then time one after
+another on the quiet GPU; one that fails to compile or faults (Triton 3.6 has miscompiled
+some of these into illegal memory accesses) is reported as such and costs only its own process.
+
+    python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--json sweep.json]
+
+Written from the ad-hoc sweeps that produced the numbers in those comments (2026-11-29), after
+that session's device time was spent: this form has not yet run on a GPU.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+# name -> {constant: candidate values}; value-block functions are replaced by constants.
+SPACE = {
+    "kkt_solve": {"NUM_WARPS": (1, 2, 4), "_K_STEP": (16, 32, 64)},
+    "recurrence": {"NUM_WARPS": (4, 8), "state_value_block": (16, 32), "NUM_STAGES": (1, 2, 3)},
+    "output": {"NUM_WARPS": (4, 8), "output_value_block": (32, 64, 128), "NUM_STAGES": (1, 2)},
+}
+
+
+def configurations(stages: list[str]) -> list[tuple[str, dict]]:
+    out = []
+    for stage in stages:
+        names, values = zip(*SPACE[stage].items())
+        for combo in itertools.product(*values):
+            setting = dict(zip(names, combo))
+            out.append((stage + ":" + ",".join(f"{k}={v}" for k, v in setting.items()), setting))
+    return out
+
+
+def child(stage: str, setting: dict, shapes: list[str]) -> dict:
+    """Apply one configuration, run the stage on each shape, return {shape: ms} (compile only
+    when shapes is empty)."""
+    import importlib
+
+    import torch
+    import triton.testing
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import bench_kernels as bench
+    from gdn_verify.contract import validate
+    from gdn_verify.kernels._common import compute_dtype, dot_precision
+    from gdn_verify.kernels.chunk_map import build_chunk_map
+    from gdn_verify.kernels.cumsum import cumsum
+    from gdn_verify.kernels.kkt_solve import kkt_solve
+    from gdn_verify.kernels.output import output
+    from gdn_verify.kernels.recurrence import recurrence
+
+    module = importlib.import_module(f"gdn_verify.kernels.{stage}")
+    for name, value in setting.items():
+        setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
+
+    def stage_call(lens: list[int], packed: bool):
+        x = bench.make_inputs(lens, packed, seed=7)
+        cu = x.get("cu_seqlens")
+        problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], None, x["initial_state"], True, cu, True)
+        acc, precision = compute_dtype(bench.DTYPE), dot_precision(bench.DTYPE)
+        chunks = build_chunk_map(problem, cu, "cuda")
+        g_cum = cumsum(x["g"], chunks, acc)
+        tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, bench.HV, True, precision)
+        _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True,
+                                 precision)
+        return {
+            "kkt_solve": lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, bench.HV, True, precision),
+            "recurrence": lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"],
+                                             True, True, precision),
+            "output": lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True, precision,
+                                     bench.DTYPE),
+        }[stage]
+
+    if not shapes:
+        stage_call([200], False)()
+        torch.cuda.synchronize()
+        return {}
+    times = {}
+    for shape in shapes:
+        fn = stage_call(*(([65536], False) if shape == "65536" else (bench.packed_lengths(), True)))
+        fn()
+        torch.cuda.synchronize()
+        times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
+    return times
+
+
+def run_child(name: str, shapes: list[str], env: dict, timeout_s: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, *(["--shapes", *shapes] if shapes else [])]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s"}
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if "Error" in line] or done.stderr.splitlines()[-1:]
+        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", action="append", choices=sorted(SPACE), help="stages to sweep (default: all)")
+    parser.add_argument("--json", default="sweep_stages.json", help="results file (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel compiles (default: CPUs)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    known = dict(configurations(sorted(SPACE)))
+    if args.child:
+        print(json.dumps(child(args.child.split(":")[0], known[args.child], args.shapes)))
+        return 0
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("sweep_stages: needs a CUDA device", file=sys.stderr)
+        return 2
+    env = {**os.environ, "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or tempfile.mkdtemp()}
+    env.pop("TRITON_INTERPRET", None)
+    names = [name for name, _ in configurations(args.stage or sorted(SPACE))]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        compiled = dict(zip(names, pool.map(lambda n: run_child(n, [], env, 300), names)))
+    rows = []
+    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}")
+    for name in names:
+        result = compiled[name] if "error" in compiled[name] else run_child(name, ["65536", "packed"], env, 120)
+        rows.append({"configuration": name, **result})
+        if "error" in result:
+            print(f"{name:<58} {'failed: ' + result['error'][:80]}")
+        else:
+            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}")
+    from gdn_verify.platform import fingerprint
+
+    with open(args.json, "w") as f:
+        json.dump({"benchmark": "sweep_stages", "environment": fingerprint("cuda"), "rows": rows}, f, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
