@@ -60,10 +60,9 @@ TARGET_RMS_RATIO = 0.0020
 COPY_BANDWIDTH = 4.27e12  # bytes/s, DESIGN.md
 
 
-def make_inputs(seq_lens: list[int], packed: bool, seed: int) -> dict:
-    """bf16 inputs on the GPU: q, k, v normal (l2norm in the kernel), g mild in [-0.1, 0],
+def make_inputs(seq_lens: list[int], packed: bool, seed: int, dev: str = "cuda") -> dict:
+    """bf16 inputs on dev (the GPU): q, k, v normal (l2norm in the kernel), g mild in [-0.1, 0],
     beta = sigmoid(normal), a random initial state."""
-    dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(seed)
     B, T = (1, sum(seq_lens)) if packed else (len(seq_lens), seq_lens[0])
     N = len(seq_lens)
@@ -135,34 +134,41 @@ def latency_rows() -> list[dict]:
     return rows
 
 
+STAGE_SHAPES = ((65536, [65536], False), ("packed", None, True))  # None: packed_lengths()
+
+
+def stage_calls(x: dict) -> dict:
+    """Stage name -> a call running that stage alone on inputs x (from make_inputs), its own
+    inputs computed once by the stages before it."""
+    cu = x.get("cu_seqlens")
+    problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], None, x["initial_state"], True, cu, True)
+    acc, precision = compute_dtype(DTYPE), dot_precision(DTYPE)
+    device = x["q"].device
+    chunks = build_chunk_map(problem, cu, device)
+    g_cum = cumsum(x["g"], chunks, acc)
+    tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
+    _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True, precision)
+    return {
+        "chunk_map": lambda: build_chunk_map(problem, cu, device),
+        "cumsum": lambda: cumsum(x["g"], chunks, acc),
+        "kkt_solve": lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision),
+        "recurrence": lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True,
+                                         True, precision),
+        "output": lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True, precision, DTYPE),
+    }
+
+
 def stage_rows() -> list[dict]:
     """Each stage of the fast path timed alone (device time, CUDA graph) at T = 65536 and packed."""
     rows = []
-    for name, lens, packed in ((65536, [65536], False), ("packed", packed_lengths(), True)):
-        x = make_inputs(lens, packed, seed=7)
-        cu = x.get("cu_seqlens")
-        problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], None, x["initial_state"], True, cu, True)
-        acc, precision = compute_dtype(DTYPE), dot_precision(DTYPE)
-        stages = {
-            "chunk_map": lambda: build_chunk_map(problem, cu, "cuda"),
-        }
-        chunks = stages["chunk_map"]()
-        g_cum = cumsum(x["g"], chunks, acc)
-        tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
-        _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True,
-                                 precision)
-        stages["cumsum"] = lambda: cumsum(x["g"], chunks, acc)
-        stages["kkt_solve"] = lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
-        stages["recurrence"] = lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks,
-                                                  x["initial_state"], True, True, precision)
-        stages["output"] = lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True,
-                                          precision, DTYPE)
-        for stage, fn in stages.items():
+    for name, lens, packed in STAGE_SHAPES:
+        x = make_inputs(lens or packed_lengths(), packed, seed=7)
+        for stage, fn in stage_calls(x).items():
             fn()
             torch.cuda.synchronize()
             ms = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
             rows.append({"shape": name, "stage": stage, "median_ms": ms})
-        del x, chunks, g_cum, tm, h, v_new
+        del x
         torch.cuda.empty_cache()
     return rows
 

@@ -53,35 +53,13 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
 
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_kernels as bench
-    from gdn_verify.contract import validate
-    from gdn_verify.kernels._common import compute_dtype, dot_precision
-    from gdn_verify.kernels.chunk_map import build_chunk_map
-    from gdn_verify.kernels.cumsum import cumsum
-    from gdn_verify.kernels.kkt_solve import kkt_solve
-    from gdn_verify.kernels.output import output
-    from gdn_verify.kernels.recurrence import recurrence
 
     module = importlib.import_module(f"gdn_verify.kernels.{stage}")
     for name, value in setting.items():
         setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
 
     def stage_call(lens: list[int], packed: bool):
-        x = bench.make_inputs(lens, packed, seed=7)
-        cu = x.get("cu_seqlens")
-        problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], None, x["initial_state"], True, cu, True)
-        acc, precision = compute_dtype(bench.DTYPE), dot_precision(bench.DTYPE)
-        chunks = build_chunk_map(problem, cu, "cuda")
-        g_cum = cumsum(x["g"], chunks, acc)
-        tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, bench.HV, True, precision)
-        _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True,
-                                 precision)
-        return {
-            "kkt_solve": lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, bench.HV, True, precision),
-            "recurrence": lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"],
-                                             True, True, precision),
-            "output": lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True, precision,
-                                     bench.DTYPE),
-        }[stage]
+        return bench.stage_calls(bench.make_inputs(lens, packed, seed=7))[stage]
 
     if not shapes:
         stage_call([200], False)()
@@ -89,7 +67,8 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
         return {}
     times = {}
     for shape in shapes:
-        fn = stage_call(*(([65536], False) if shape == "65536" else (bench.packed_lengths(), True)))
+        lens, packed = {str(name): (lens, packed) for name, lens, packed in bench.STAGE_SHAPES}[shape]
+        fn = stage_call(lens or bench.packed_lengths(), packed)
         fn()
         torch.cuda.synchronize()
         times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
