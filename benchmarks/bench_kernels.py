@@ -36,14 +36,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from gdn_verify.contract import validate  # noqa: E402
 from gdn_verify.kernels import chunk_gated_delta_rule, compiled_variants  # noqa: E402
-from gdn_verify.kernels._common import compute_dtype, dot_precision  # noqa: E402
-from gdn_verify.kernels.chunk_map import build_chunk_map  # noqa: E402
-from gdn_verify.kernels.cumsum import cumsum  # noqa: E402
-from gdn_verify.kernels.kkt_solve import kkt_solve  # noqa: E402
-from gdn_verify.kernels.output import output  # noqa: E402
-from gdn_verify.kernels.recurrence import recurrence  # noqa: E402
+from gdn_verify.kernels.chunk import chunk_stage_calls  # noqa: E402
 from gdn_verify.platform import fingerprint  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402
 
@@ -138,24 +132,8 @@ STAGE_SHAPES = ((65536, [65536], False), ("packed", None, True))  # None: packed
 
 
 def stage_calls(x: dict) -> dict:
-    """Stage name -> a call running that stage alone on inputs x (from make_inputs), its own
-    inputs computed once by the stages before it."""
-    cu = x.get("cu_seqlens")
-    problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], None, x["initial_state"], True, cu, True)
-    acc, precision = compute_dtype(DTYPE), dot_precision(DTYPE)
-    device = x["q"].device
-    chunks = build_chunk_map(problem, cu, device)
-    g_cum = cumsum(x["g"], chunks, acc)
-    tm, _ = kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision)
-    _, h, v_new = recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True, True, precision)
-    return {
-        "chunk_map": lambda: build_chunk_map(problem, cu, device),
-        "cumsum": lambda: cumsum(x["g"], chunks, acc),
-        "kkt_solve": lambda: kkt_solve(x["k"], x["beta"], g_cum, chunks, HV, True, precision),
-        "recurrence": lambda: recurrence(x["k"], x["v"], x["beta"], g_cum, tm, chunks, x["initial_state"], True,
-                                         True, precision),
-        "output": lambda: output(x["q"], x["k"], g_cum, h, v_new, chunks, problem.scale, True, precision, DTYPE),
-    }
+    """Stage name -> a call running that stage alone on inputs x (from make_inputs)."""
+    return chunk_stage_calls(**x)
 
 
 def stage_rows() -> list[dict]:

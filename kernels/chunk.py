@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from gdn_verify.contract import Problem, validate
@@ -103,3 +105,29 @@ def chunk_gated_delta_rule_intermediates(
     o = output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype)
     return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w[..., :K], "U": u, "h": h[:, :, :K], "v_new": v_new,
             "o": o, "final_state": final_state[:, :, :K] if final_state is not None else None}
+
+
+def chunk_stage_calls(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+) -> dict[str, Callable[[], object]]:
+    """Each stage of the fast path as a call of its own, for timing stages alone: stage name ->
+    a call that reruns that stage on the inputs the stages before it produced here, once.
+    The output stage's call returns o as chunk_gated_delta_rule does."""
+    problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                               cu_seqlens, use_qk_l2norm_in_kernel)
+    l2norm = use_qk_l2norm_in_kernel
+    q, k, initial_state, _ = _aligned_k(q, k, initial_state)
+    g_cum = cumsum(g, chunks, acc)
+    tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
+    _, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state, l2norm, precision)
+    return {
+        "chunk_map": lambda: build_chunk_map(problem, cu_seqlens, q.device),
+        "cumsum": lambda: cumsum(g, chunks, acc),
+        "kkt_solve": lambda: kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision),
+        "recurrence": lambda: recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state, l2norm,
+                                         precision),
+        "output": lambda: output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype),
+    }

@@ -33,6 +33,7 @@ from gdn_verify.kernels import recurrence as recurrence_module
 from gdn_verify.kernels import wy as wy_module
 from gdn_verify.kernels._common import compute_dtype, dot_precision
 from gdn_verify.kernels._launch import reset_variant_log
+from gdn_verify.kernels.chunk import chunk_stage_calls
 from gdn_verify.kernels.chunk_map import build_chunk_map
 from gdn_verify.reference import chunked_gated_delta_rule, recurrent_gated_delta_rule
 
@@ -256,6 +257,19 @@ def test_intermediates_are_the_fast_path(base: Case, device: str):
     for name in ("g_cum", "A", "Tm", "W", "U", "h", "v_new", "o", "final_state"):
         err = error_ratio(got[name], getattr(ref, name))
         assert err <= 1e-10, f"{name}: RMS error ratio {err:.3g}"
+
+
+def test_stage_calls_are_the_fast_path(device: str):
+    """The benchmarks time stages through chunk_stage_calls: each call reruns its stage on the
+    fast path's own intermediates, so the output stage's call gives the entry point's o."""
+    case = varlen((5, 0, 70), H=1, HV=2, K=60, V=20, dtype="bfloat16", init_state="random", l2norm=True)
+    inputs = make_inputs(case)
+    o, _ = run_kernel(inputs, case, device)
+    calls = chunk_stage_calls(**case_kwargs(inputs, case, device), use_qk_l2norm_in_kernel=case.l2norm)
+    assert list(calls) == ["chunk_map", "cumsum", "kkt_solve", "recurrence", "output"]
+    for name in ("chunk_map", "cumsum", "kkt_solve", "recurrence"):
+        calls[name]()
+    assert_same_bits(calls["output"](), o, "o from the output stage's call")
 
 
 def test_chunk_map_matches_reference(device: str):
