@@ -42,9 +42,10 @@ def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seql
 # columns add nothing to any dot or l2 norm, and the state rows they add stay zero (zero initial
 # rows, zero updates), so the padded problem's results are the original's, and are sliced back. Real models use
 # K = 128; the copy only costs the odd sizes. On the H200 (2026-11-29) the padded path is
-# compute-sanitizer clean on those cases; the unpadded one was too once the output moved out of
-# the recurrence, but Triton 3.6 has miscompiled other tile / warp configurations of these
-# kernels since (see output.py), so the guard stays.
+# compute-sanitizer clean on those cases; the unpadded one was too with a first version of the
+# split recurrence / output (not rechecked since), but Triton 3.6 has miscompiled other tile /
+# warp configurations of these kernels (see output.py), so the guard stays.
+# benchmarks/results/h200/sanitizer.log holds both runs.
 _ALIGN_BYTES = 16
 
 
