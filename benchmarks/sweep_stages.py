@@ -12,8 +12,7 @@ some of these into illegal memory accesses) is reported as such and costs only i
 
     python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--json sweep.json]
 
-Written from the ad-hoc sweeps that produced the numbers in those comments (2026-11-29), after
-that session's device time was spent: this form has not yet run on a GPU.
+Written from the ad-hoc sweeps that produced the numbers in those comments (2026-11-29).
 """
 
 import argparse
@@ -26,10 +25,13 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 # name -> {constant: candidate values}; value-block functions are replaced by constants.
+# Narrowed to what was close in the earlier sweeps (stage_sweeps.md): 8 warps lost for the
+# recurrence and the output at every value block, kkt's 4 warps and 64-column steps lost; the
+# output's 32-column block is miscompiled by Triton 3.6 (kernels/output.py).
 SPACE = {
-    "kkt_solve": {"NUM_WARPS": (1, 2, 4), "_K_STEP": (16, 32, 64)},
-    "recurrence": {"NUM_WARPS": (4, 8), "state_value_block": (16, 32), "NUM_STAGES": (1, 2, 3)},
-    "output": {"NUM_WARPS": (4, 8), "output_value_block": (32, 64, 128), "NUM_STAGES": (1, 2)},
+    "kkt_solve": {"NUM_WARPS": (1, 2), "_K_STEP": (16, 32)},
+    "recurrence": {"NUM_WARPS": (4,), "state_value_block": (16, 32), "NUM_STAGES": (1, 2, 3)},
+    "output": {"NUM_WARPS": (4,), "VALUE_BLOCK": (64, 128), "NUM_STAGES": (1, 2)},
 }
 
 

@@ -35,7 +35,9 @@ from gdn_verify.invariants import INVARIANTS, InvariantResult, check_invariants,
 
 # The compile-variant audit's sweep: T = 64 alone first, then every length of the sweep.
 AUDIT_T = {"cuda": (1, 16, 32, 63, 64, 65, 128, 1000), "cpu-interpreter": (1, 16, 32, 63, 64, 65, 128)}
-AUDIT_SHAPE = {"cuda": dict(H=4, HV=8, K=128, V=128), "cpu-interpreter": dict(H=1, HV=2, K=16, V=16)}
+# With the in-kernel l2norm, so every stage's kernel is audited (its norm stage runs only then).
+AUDIT_SHAPE = {"cuda": dict(H=4, HV=8, K=128, V=128, l2norm=True),
+               "cpu-interpreter": dict(H=1, HV=2, K=16, V=16, l2norm=True)}
 
 STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR = "pass", "fail", "changed", "error"
 STATUS_NOT_SUPPORTED = "not supported"

@@ -34,13 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_verify.contract import L2NORM_EPS
-
 from ._triton_compat import INTERPRET, cast_to, dot
 
 CHUNK_SIZE = 64
 CHUNK = tl.constexpr(CHUNK_SIZE)
-_L2NORM_EPS = tl.constexpr(L2NORM_EPS)
 
 DOT_PRECISION = {"float64": "ieee", "float32": "ieee", "float16": "bf16x3", "bfloat16": "bf16x3"}
 
@@ -70,29 +67,6 @@ def split_scale(scale: float) -> tuple[float, float]:
     """
     hi = float(np.float32(scale))
     return hi, float(np.float32(scale - hi))
-
-
-@triton.jit
-def row_squares(x, ACC: tl.constexpr):
-    """sum(x^2) per row of x, in ACC: a row's squared norm, or one block's share of it."""
-    xf = x.to(ACC)
-    return tl.sum(xf * xf, axis=1)
-
-
-@triton.jit
-def inverse_norm(squares):
-    """1 / sqrt(squares + L2NORM_EPS): the l2norm factor from a row's squared norm."""
-    return 1.0 / tl.sqrt(squares + _L2NORM_EPS)
-
-
-@triton.jit
-def inverse_l2_norm(x, ACC: tl.constexpr):
-    """1 / sqrt(sum(x^2) + L2NORM_EPS) per row of x, in ACC.
-
-    The kernels keep q and k raw as dot operands (exact products for 16-bit inputs) and apply
-    this factor to the rows of the products instead: diag(r) (X Y) = (diag(r) X) Y.
-    """
-    return inverse_norm(row_squares(x, ACC))
 
 
 @triton.jit

@@ -1,6 +1,7 @@
 """chunk_gated_delta_rule: the chunked forward, stage by stage (DESIGN.md, STAGES.md).
 
     gam = cumsum of g inside each 64-token chunk                      cumsum.py
+    rq, rk = 1 / |row| of q and k (use_qk_l2norm_in_kernel only)       l2norm.py
     A   = strictly lower (beta_i k_i.k_j exp(gam_i - gam_j)),
     Tm  = (I + A)^-1                                                   kkt_solve.py
     W   = Tm diag(beta exp(gam)) K,  U = Tm diag(beta) V               wy.py (diagnostics only)
@@ -21,6 +22,7 @@ from ._common import compute_dtype, dot_precision
 from .chunk_map import ChunkMap, build_chunk_map
 from .cumsum import cumsum
 from .kkt_solve import kkt_solve
+from .l2norm import l2norm_factors
 from .output import output
 from .recurrence import recurrence
 from .wy import wy
@@ -72,13 +74,14 @@ def chunk_gated_delta_rule(
     """Gated delta rule forward: (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] or None)."""
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    l2norm = use_qk_l2norm_in_kernel
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
-    final_state, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state,
-                                       l2norm, precision)
-    o = output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype)
+    norms = l2norm_factors(q, k, acc) if use_qk_l2norm_in_kernel else None
+    rk = norms[1] if norms else None
+    tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
+    final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
+                                       precision)
+    o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
     return o, (final_state[:, :, :K] if final_state is not None else None)
 
 
@@ -96,14 +99,15 @@ def chunk_gated_delta_rule_intermediates(
     """
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    l2norm = use_qk_l2norm_in_kernel
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    tm, a = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision, store_a=True)
-    w, u = wy(k, v, beta, g_cum, tm, chunks, l2norm, precision)
-    final_state, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state,
-                                       l2norm, precision)
-    o = output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype)
+    norms = l2norm_factors(q, k, acc) if use_qk_l2norm_in_kernel else None
+    rk = norms[1] if norms else None
+    tm, a = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision, store_a=True)
+    w, u = wy(k, v, beta, g_cum, rk, tm, chunks)
+    final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
+                                       precision)
+    o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
     return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w[..., :K], "U": u, "h": h[:, :, :K], "v_new": v_new,
             "o": o, "final_state": final_state[:, :, :K] if final_state is not None else None}
 
@@ -122,13 +126,18 @@ def chunk_stage_calls(
     l2norm = use_qk_l2norm_in_kernel
     q, k, initial_state, _ = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    tm, _ = kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision)
-    _, h, v_new = recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state, l2norm, precision)
-    return {
+    norms = l2norm_factors(q, k, acc) if l2norm else None
+    rk = norms[1] if norms else None
+    tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
+    _, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state, precision)
+    calls = {
         "chunk_map": lambda: build_chunk_map(problem, cu_seqlens, q.device),
         "cumsum": lambda: cumsum(g, chunks, acc),
-        "kkt_solve": lambda: kkt_solve(k, beta, g_cum, chunks, problem.HV, l2norm, precision),
-        "recurrence": lambda: recurrence(k, v, beta, g_cum, tm, chunks, initial_state, output_final_state, l2norm,
-                                         precision),
-        "output": lambda: output(q, k, g_cum, h, v_new, chunks, problem.scale, l2norm, precision, v.dtype),
     }
+    if l2norm:
+        calls["l2norm"] = lambda: l2norm_factors(q, k, acc)
+    calls["kkt_solve"] = lambda: kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
+    calls["recurrence"] = lambda: recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
+                                             precision)
+    calls["output"] = lambda: output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
+    return calls

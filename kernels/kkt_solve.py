@@ -5,12 +5,13 @@ lower triangular: only the 10 blocks on or below the diagonal hold anything, and
 float32 tiles spent most of their registers (spilling) and MMAs on zeros.
 
 * A: A_ij (i >= j) from k_i k_j^T, the raw 16-token key blocks as dot operands (k_j^T loaded
-  transposed from memory), accumulated over 32-wide slices of the key dimension so the eight
-  operands of a step stay small.
+  transposed from memory), accumulated over 16-wide slices of the key dimension so the
+  operands of a step stay small. The four diagonal blocks are one batched [4, 16, 16] dot.
 * Diagonal blocks: T_ii = (I + A_ii)^-1 by doubling the solved block size inside the 16 x 16
   tile: if t inverts the diagonal s-blocks and e holds the entries of A_ii just below them
   inside each 2s-block, t - t e t inverts the 2s-blocks ([[L1, 0], [E, L2]]^-1 is
-  [[T1, 0], [-T2 E T1, T2]]). Size 1 -> 2 is elementwise, 2 -> 16 three levels of two small dots.
+  [[T1, 0], [-T2 E T1, T2]]). Size 1 -> 2 is elementwise, 2 -> 16 three levels of two batched
+  dots over the stack of the four diagonal blocks.
 * Below the diagonal, block forward substitution: T_ij = -T_ii (sum_{m=j}^{i-1} A_im T_mj).
 
 Both are the terms of row-by-row forward substitution in another order, so no cancellation is
@@ -25,12 +26,13 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, inverse_l2_norm, masked_exp
+from ._common import CHUNK, block_size, masked_exp
 from ._launch import launch
 from ._triton_compat import dot
 from .chunk_map import ChunkMap, chunk_span
 
 _BLOCK = tl.constexpr(16)
+_N_BLOCKS = tl.constexpr(4)
 
 # Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=128, T = 65536 / 256 packed short sequences;
 # 2026-11-29): 1 warp with 16-column key steps 0.75 / 0.26 ms; 2 warps 0.96-1.07 / 0.36-0.41;
@@ -43,25 +45,30 @@ NUM_WARPS = 1
 
 
 @triton.jit
-def _token_block(k_ptr, beta_ptr, g_cum_ptr, t0, length, hv, kh, H, HV, K,
-                 BLOCK_INDEX: tl.constexpr, BK: tl.constexpr, L2NORM: tl.constexpr, ACC: tl.constexpr):
-    """Tokens 16 BLOCK_INDEX .. +15 of the chunk: beta, gam, the l2norm factor of k's rows
-    (ones without L2NORM) and the valid-token mask."""
-    rows = BLOCK_INDEX * _BLOCK + tl.arange(0, _BLOCK)
+def _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, rows, t0, length, hv, kh, H, HV,
+                   L2NORM: tl.constexpr, ACC: tl.constexpr):
+    """beta, gam, the l2norm factor of k (ones without L2NORM) and the valid mask for chunk
+    rows `rows` (any shape)."""
     valid = rows < length
     tokens = t0 + rows
     beta = tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0).to(ACC)
     gam = tl.load(g_cum_ptr + tokens * HV + hv, mask=valid, other=0.0)
-    norm = tl.full([_BLOCK], 1.0, ACC)
     if L2NORM:
-        norm = inverse_l2_norm(_key_slice(k_ptr, t0, length, kh, H, K, 0, BLOCK_INDEX, BK), ACC)
+        norm = tl.load(rk_ptr + tokens * H + kh, mask=valid, other=0.0)
+    else:
+        norm = tl.where(valid, 1.0, 0.0).to(ACC)
     return beta, gam, norm, valid
+
+
+@triton.jit
+def _block_rows(BLOCK_INDEX: tl.constexpr):
+    return BLOCK_INDEX * _BLOCK + tl.arange(0, _BLOCK)
 
 
 @triton.jit
 def _key_slice(k_ptr, t0, length, kh, H, K, k_start, BLOCK_INDEX: tl.constexpr, WIDTH: tl.constexpr):
     """Raw k [16, WIDTH] of token block BLOCK_INDEX, key columns k_start .. + WIDTH - 1."""
-    rows = BLOCK_INDEX * _BLOCK + tl.arange(0, _BLOCK)
+    rows = _block_rows(BLOCK_INDEX)
     kcols = k_start + tl.arange(0, WIDTH)
     return tl.load(k_ptr + kh * K + (t0 + rows)[:, None] * (H * K) + kcols[None, :],
                    mask=(rows < length)[:, None] & (kcols < K)[None, :], other=0.0)
@@ -72,69 +79,93 @@ def _key_slice_t(k_ptr, t0, length, kh, H, K, k_start, BLOCK_INDEX: tl.constexpr
     """_key_slice transposed, [WIDTH, 16], loaded so rather than by tl.trans: a transposed dot
     operand hit an out-of-bounds shared-memory read with Triton 3.6 on Hopper in some warp /
     tile configurations."""
-    rows = BLOCK_INDEX * _BLOCK + tl.arange(0, _BLOCK)
+    rows = _block_rows(BLOCK_INDEX)
     kcols = k_start + tl.arange(0, WIDTH)
     return tl.load(k_ptr + kh * K + (t0 + rows)[None, :] * (H * K) + kcols[:, None],
                    mask=(kcols < K)[:, None] & (rows < length)[None, :], other=0.0)
 
 
 @triton.jit
-def _a_block(kk, beta_i, gam_i, norm_i, valid_i, gam_j, norm_j,
-             DIAGONAL: tl.constexpr, L2NORM: tl.constexpr):
-    """Block A_ij of A from the products kk = k_i k_j^T of token blocks i (rows) and j, i >= j."""
-    if L2NORM:
-        kk = kk * norm_i[:, None] * norm_j[None, :]
-    # Column tokens precede row tokens, so a valid row has valid causal columns.
-    causal = valid_i[:, None]
-    if DIAGONAL:
-        sub = tl.arange(0, _BLOCK)
-        causal = causal & (sub[:, None] > sub[None, :])
-    return tl.where(causal, beta_i[:, None] * kk * masked_exp(gam_i[:, None] - gam_j[None, :], causal), 0.0)
+def _diagonal_key_slices(k_ptr, t0, length, kh, H, K, k_start, WIDTH: tl.constexpr):
+    """The four token blocks' key slices stacked, [4, 16, WIDTH], and transposed, [4, WIDTH, 16]:
+    operands of one batched dot for the four diagonal blocks of K K^T."""
+    block = tl.arange(0, _N_BLOCKS)[:, None, None]
+    sub = tl.arange(0, _BLOCK)
+    kcols = k_start + tl.arange(0, WIDTH)
+    rows = block * _BLOCK + sub[None, :, None]
+    keys = tl.load(k_ptr + kh * K + (t0 + rows) * (H * K) + kcols[None, None, :],
+                   mask=(rows < length) & (kcols < K)[None, None, :], other=0.0)
+    rows_t = block * _BLOCK + sub[None, None, :]
+    keys_t = tl.load(k_ptr + kh * K + (t0 + rows_t) * (H * K) + kcols[None, :, None],
+                     mask=(rows_t < length) & (kcols < K)[None, :, None], other=0.0)
+    return keys, keys_t
 
 
 @triton.jit
-def _solve_block_step(t, a, below_solved, PRECISION: tl.constexpr):
-    """From t inverting the diagonal s-blocks of I + a to t inverting its 2s-blocks, where
-    below_solved marks the s x s blocks just below the solved ones inside each 2s-block."""
-    return t - dot(t, dot(tl.where(below_solved, a, 0.0), t, PRECISION), PRECISION)
+def _a_entries(kk, beta_i, gam_i, norm_i, valid_i, gam_j, norm_j, causal):
+    """A's entries beta_i (k_i . k_j) exp(gam_i - gam_j) from kk = k_i . k_j where `causal`, else
+    0; the row vectors broadcast against kk's last axis (the columns j)."""
+    kk = kk * tl.expand_dims(norm_i, -1) * tl.expand_dims(norm_j, -2)
+    causal = causal & tl.expand_dims(valid_i, -1)
+    decay = masked_exp(tl.expand_dims(gam_i, -1) - tl.expand_dims(gam_j, -2), causal)
+    return tl.where(causal, tl.expand_dims(beta_i, -1) * kk * decay, 0.0)
 
 
 @triton.jit
-def _unit_lower_inverse_blocks(a0, a1, a2, a3, PRECISION: tl.constexpr):
-    """(I + a)^-1 for each of four strictly lower triangular [16, 16] tiles."""
+def _unit_lower_inverse(a, PRECISION: tl.constexpr):
+    """(I + a)^-1 for a stack of strictly lower triangular [16, 16] tiles, [4, 16, 16].
+
+    Doubling the solved block size: if t inverts the diagonal s-blocks and e holds the entries
+    of a just below them inside each 2s-block, t - t e t inverts the 2s-blocks. The stack makes
+    each level two batched dots, and the levels a loop rather than unrolled code: Triton's
+    matmul passes grew superlinearly with the count of small dots (bf16x3 splits each in
+    three), which made this kernel take 10.5 s to compile when the four tiles were separate.
+    """
     sub = tl.arange(0, _BLOCK)
     row = sub[:, None]
     col = sub[None, :]
     # Solved 2-blocks: [[1, 0], [e, 1]]^-1 = [[1, 0], [-e, 1]].
-    identity = row == col
-    first_below = (row == col + 1) & (row % 2 == 1)
-    inv0 = tl.where(identity, 1.0, tl.where(first_below, -a0, 0.0))
-    inv1 = tl.where(identity, 1.0, tl.where(first_below, -a1, 0.0))
-    inv2 = tl.where(identity, 1.0, tl.where(first_below, -a2, 0.0))
-    inv3 = tl.where(identity, 1.0, tl.where(first_below, -a3, 0.0))
-    for level in tl.static_range(1, 4):
+    first_below = ((row == col + 1) & (row % 2 == 1))[None, :, :]
+    t = tl.where((row == col)[None, :, :], 1.0, tl.where(first_below, -a, 0.0))
+    for level in range(1, 4):
         size = 1 << level
-        below_solved = (row // size == col // size + 1) & ((row // size) % 2 == 1)
-        inv0 = _solve_block_step(inv0, a0, below_solved, PRECISION)
-        inv1 = _solve_block_step(inv1, a1, below_solved, PRECISION)
-        inv2 = _solve_block_step(inv2, a2, below_solved, PRECISION)
-        inv3 = _solve_block_step(inv3, a3, below_solved, PRECISION)
-    return inv0, inv1, inv2, inv3
+        below_solved = ((row // size == col // size + 1) & ((row // size) % 2 == 1))[None, :, :]
+        t = t - dot(t, dot(tl.where(below_solved, a, 0.0), t, PRECISION), PRECISION)
+    return t
+
+
+@triton.jit
+def _unstack(x):
+    """[4, 16, 16] -> its four [16, 16] tiles."""
+    pairs = tl.reshape(tl.permute(x, (1, 2, 0)), (_BLOCK, _BLOCK, 2, 2))  # [..., i, j]: tile 2 i + j
+    even, odd = tl.split(pairs)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
 
 
 @triton.jit
 def _store_block(ptr, tile, t0, length, hv, HV, ROW_BLOCK: tl.constexpr, COL_BLOCK: tl.constexpr):
     """Block (ROW_BLOCK, COL_BLOCK) of a [64, 64] chunk matrix into the [B, T, HV, 64] row
     layout, for the chunk's valid tokens."""
+    rows = _block_rows(ROW_BLOCK)
+    cols = _block_rows(COL_BLOCK)
+    tl.store(ptr + (t0 + rows)[:, None] * (HV * CHUNK) + hv * CHUNK + cols[None, :], tile, mask=(rows < length)[:, None])
+
+
+@triton.jit
+def _store_diagonal(ptr, tiles, t0, length, hv, HV):
+    """The four diagonal blocks of a [64, 64] chunk matrix, stacked [4, 16, 16], into the row layout."""
+    block = tl.arange(0, _N_BLOCKS)[:, None, None]
     sub = tl.arange(0, _BLOCK)
-    rows = ROW_BLOCK * _BLOCK + sub
-    tl.store(ptr + (t0 + rows)[:, None] * (HV * CHUNK) + hv * CHUNK + COL_BLOCK * _BLOCK + sub[None, :],
-             tile, mask=(rows < length)[:, None])
+    rows = block * _BLOCK + sub[None, :, None]
+    cols = block * _BLOCK + sub[None, None, :]
+    tl.store(ptr + (t0 + rows) * (HV * CHUNK) + hv * CHUNK + cols, tiles, mask=rows < length)
 
 
 @triton.jit
 def kkt_solve_kernel(
-    k_ptr, beta_ptr, g_cum_ptr, tm_ptr, a_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
+    k_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, a_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
     H, HV, K, GROUP,
     BK: tl.constexpr, K_STEP: tl.constexpr, L2NORM: tl.constexpr, STORE_A: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -146,111 +177,102 @@ def kkt_solve_kernel(
     ACC: tl.constexpr = tm_ptr.dtype.element_ty
     t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
 
-    beta0, gam0, norm0, valid0 = _token_block(
-        k_ptr, beta_ptr, g_cum_ptr, t0, length, hv, kh, H, HV, K, 0, BK, L2NORM, ACC)
-    beta1, gam1, norm1, valid1 = _token_block(
-        k_ptr, beta_ptr, g_cum_ptr, t0, length, hv, kh, H, HV, K, 1, BK, L2NORM, ACC)
-    beta2, gam2, norm2, valid2 = _token_block(
-        k_ptr, beta_ptr, g_cum_ptr, t0, length, hv, kh, H, HV, K, 2, BK, L2NORM, ACC)
-    beta3, gam3, norm3, valid3 = _token_block(
-        k_ptr, beta_ptr, g_cum_ptr, t0, length, hv, kh, H, HV, K, 3, BK, L2NORM, ACC)
-
-    # k_i k_j^T in slices of the key dimension: whole [16, BK] operands for all four token
-    # blocks would not fit in registers.
-    kk00 = tl.zeros([_BLOCK, _BLOCK], ACC)
+    # k_i k_j^T in slices of the key dimension (whole [16, BK] operands for all four token
+    # blocks would not fit in registers): the diagonal blocks as one batched dot, the six below
+    # it one dot each.
+    kk_diag = tl.zeros([_N_BLOCKS, _BLOCK, _BLOCK], ACC)
     kk10 = tl.zeros([_BLOCK, _BLOCK], ACC)
-    kk11 = tl.zeros([_BLOCK, _BLOCK], ACC)
     kk20 = tl.zeros([_BLOCK, _BLOCK], ACC)
     kk21 = tl.zeros([_BLOCK, _BLOCK], ACC)
-    kk22 = tl.zeros([_BLOCK, _BLOCK], ACC)
     kk30 = tl.zeros([_BLOCK, _BLOCK], ACC)
     kk31 = tl.zeros([_BLOCK, _BLOCK], ACC)
     kk32 = tl.zeros([_BLOCK, _BLOCK], ACC)
-    kk33 = tl.zeros([_BLOCK, _BLOCK], ACC)
     for k_start in range(0, BK, K_STEP):
-        k0 = _key_slice(k_ptr, t0, length, kh, H, K, k_start, 0, K_STEP)
+        keys, keys_t = _diagonal_key_slices(k_ptr, t0, length, kh, H, K, k_start, K_STEP)
+        kk_diag += dot(keys, keys_t, PRECISION)
         k1 = _key_slice(k_ptr, t0, length, kh, H, K, k_start, 1, K_STEP)
         k2 = _key_slice(k_ptr, t0, length, kh, H, K, k_start, 2, K_STEP)
         k3 = _key_slice(k_ptr, t0, length, kh, H, K, k_start, 3, K_STEP)
         kt0 = _key_slice_t(k_ptr, t0, length, kh, H, K, k_start, 0, K_STEP)
         kt1 = _key_slice_t(k_ptr, t0, length, kh, H, K, k_start, 1, K_STEP)
         kt2 = _key_slice_t(k_ptr, t0, length, kh, H, K, k_start, 2, K_STEP)
-        kt3 = _key_slice_t(k_ptr, t0, length, kh, H, K, k_start, 3, K_STEP)
-        kk00 += dot(k0, kt0, PRECISION)
         kk10 += dot(k1, kt0, PRECISION)
-        kk11 += dot(k1, kt1, PRECISION)
         kk20 += dot(k2, kt0, PRECISION)
         kk21 += dot(k2, kt1, PRECISION)
-        kk22 += dot(k2, kt2, PRECISION)
         kk30 += dot(k3, kt0, PRECISION)
         kk31 += dot(k3, kt1, PRECISION)
         kk32 += dot(k3, kt2, PRECISION)
-        kk33 += dot(k3, kt3, PRECISION)
 
-    a00 = _a_block(kk00, beta0, gam0, norm0, valid0, gam0, norm0, True, L2NORM)
-    a10 = _a_block(kk10, beta1, gam1, norm1, valid1, gam0, norm0, False, L2NORM)
-    a11 = _a_block(kk11, beta1, gam1, norm1, valid1, gam1, norm1, True, L2NORM)
-    a20 = _a_block(kk20, beta2, gam2, norm2, valid2, gam0, norm0, False, L2NORM)
-    a21 = _a_block(kk21, beta2, gam2, norm2, valid2, gam1, norm1, False, L2NORM)
-    a22 = _a_block(kk22, beta2, gam2, norm2, valid2, gam2, norm2, True, L2NORM)
-    a30 = _a_block(kk30, beta3, gam3, norm3, valid3, gam0, norm0, False, L2NORM)
-    a31 = _a_block(kk31, beta3, gam3, norm3, valid3, gam1, norm1, False, L2NORM)
-    a32 = _a_block(kk32, beta3, gam3, norm3, valid3, gam2, norm2, False, L2NORM)
-    a33 = _a_block(kk33, beta3, gam3, norm3, valid3, gam3, norm3, True, L2NORM)
+    beta0, gam0, norm0, valid0 = _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, _block_rows(0), t0, length, hv, kh,
+                                                H, HV, L2NORM, ACC)
+    beta1, gam1, norm1, valid1 = _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, _block_rows(1), t0, length, hv, kh,
+                                                H, HV, L2NORM, ACC)
+    beta2, gam2, norm2, valid2 = _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, _block_rows(2), t0, length, hv, kh,
+                                                H, HV, L2NORM, ACC)
+    beta3, gam3, norm3, valid3 = _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, _block_rows(3), t0, length, hv, kh,
+                                                H, HV, L2NORM, ACC)
+    stacked_rows = tl.arange(0, _N_BLOCKS)[:, None] * _BLOCK + tl.arange(0, _BLOCK)[None, :]
+    beta_d, gam_d, norm_d, valid_d = _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, stacked_rows, t0, length, hv, kh,
+                                                    H, HV, L2NORM, ACC)
+    # Column tokens precede row tokens below the diagonal, so a valid row has valid columns.
+    below = tl.full([_BLOCK, _BLOCK], 1, tl.int1)
+    sub = tl.arange(0, _BLOCK)
+    strictly_lower = (sub[:, None] > sub[None, :])[None, :, :]
+    a_diag = _a_entries(kk_diag, beta_d, gam_d, norm_d, valid_d, gam_d, norm_d, strictly_lower)
+    a10 = _a_entries(kk10, beta1, gam1, norm1, valid1, gam0, norm0, below)
+    a20 = _a_entries(kk20, beta2, gam2, norm2, valid2, gam0, norm0, below)
+    a21 = _a_entries(kk21, beta2, gam2, norm2, valid2, gam1, norm1, below)
+    a30 = _a_entries(kk30, beta3, gam3, norm3, valid3, gam0, norm0, below)
+    a31 = _a_entries(kk31, beta3, gam3, norm3, valid3, gam1, norm1, below)
+    a32 = _a_entries(kk32, beta3, gam3, norm3, valid3, gam2, norm2, below)
 
-    # Tm by columns: a column needs only itself and the diagonal blocks, so it can be stored
-    # and dropped before the next.
     zero = tl.zeros([_BLOCK, _BLOCK], ACC)
     if STORE_A:
-        _store_block(a_ptr, a00, t0, length, hv, HV, 0, 0)
+        _store_diagonal(a_ptr, a_diag, t0, length, hv, HV)
         _store_block(a_ptr, a10, t0, length, hv, HV, 1, 0)
-        _store_block(a_ptr, a11, t0, length, hv, HV, 1, 1)
         _store_block(a_ptr, a20, t0, length, hv, HV, 2, 0)
         _store_block(a_ptr, a21, t0, length, hv, HV, 2, 1)
-        _store_block(a_ptr, a22, t0, length, hv, HV, 2, 2)
         _store_block(a_ptr, a30, t0, length, hv, HV, 3, 0)
         _store_block(a_ptr, a31, t0, length, hv, HV, 3, 1)
         _store_block(a_ptr, a32, t0, length, hv, HV, 3, 2)
-        _store_block(a_ptr, a33, t0, length, hv, HV, 3, 3)
     for col_block in tl.static_range(1, 4):
         for row_block in tl.static_range(col_block):
             _store_block(tm_ptr, zero, t0, length, hv, HV, row_block, col_block)
             if STORE_A:
                 _store_block(a_ptr, zero, t0, length, hv, HV, row_block, col_block)
 
-    t00, t11, t22, t33 = _unit_lower_inverse_blocks(a00, a11, a22, a33, PRECISION)
-    _store_block(tm_ptr, t00, t0, length, hv, HV, 0, 0)
+    # Below the diagonal, block forward substitution: T_ij = -T_ii (sum_{m=j}^{i-1} A_im T_mj).
+    t_diag = _unit_lower_inverse(a_diag, PRECISION)
+    _store_diagonal(tm_ptr, t_diag, t0, length, hv, HV)
+    t00, t11, t22, t33 = _unstack(t_diag)
     t10 = -dot(t11, dot(a10, t00, PRECISION), PRECISION)
     _store_block(tm_ptr, t10, t0, length, hv, HV, 1, 0)
     t20 = -dot(t22, dot(a20, t00, PRECISION) + dot(a21, t10, PRECISION), PRECISION)
     _store_block(tm_ptr, t20, t0, length, hv, HV, 2, 0)
     t30 = -dot(t33, dot(a30, t00, PRECISION) + dot(a31, t10, PRECISION) + dot(a32, t20, PRECISION), PRECISION)
     _store_block(tm_ptr, t30, t0, length, hv, HV, 3, 0)
-
-    _store_block(tm_ptr, t11, t0, length, hv, HV, 1, 1)
     t21 = -dot(t22, dot(a21, t11, PRECISION), PRECISION)
     _store_block(tm_ptr, t21, t0, length, hv, HV, 2, 1)
     t31 = -dot(t33, dot(a31, t11, PRECISION) + dot(a32, t21, PRECISION), PRECISION)
     _store_block(tm_ptr, t31, t0, length, hv, HV, 3, 1)
-
-    _store_block(tm_ptr, t22, t0, length, hv, HV, 2, 2)
     _store_block(tm_ptr, -dot(t33, dot(a32, t22, PRECISION), PRECISION), t0, length, hv, HV, 3, 2)
-    _store_block(tm_ptr, t33, t0, length, hv, HV, 3, 3)
 
 
 def kkt_solve(
-    k: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, chunks: ChunkMap, HV: int,
-    use_l2norm: bool, precision: str, store_a: bool = False,
+    k: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, rk: torch.Tensor | None, chunks: ChunkMap, HV: int,
+    precision: str, store_a: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """k [B, T, H, K], beta and g_cum [B, T, HV] -> (Tm, A or None), each [B, T, HV, 64]."""
+    """k [B, T, H, K], beta and g_cum [B, T, HV], rk [B, T, H] (None: no l2norm) -> (Tm, A or None),
+    each [B, T, HV, 64]."""
     k, beta = k.contiguous(), beta.contiguous()
     B, T, H, K = k.shape
     acc = g_cum.dtype
     tm = new_output((B, T, HV, CHUNK.value), acc, k.device)
     a = new_output((B, T, HV, CHUNK.value), acc, k.device) if store_a else None
     if chunks.n_chunks:
-        launch(kkt_solve_kernel, (chunks.n_chunks, HV), k, beta, g_cum, tm, a if store_a else tm,
-               *chunks.span_args, H, HV, K, HV // H,
-               BK=block_size(K), K_STEP=min(block_size(K), _K_STEP), L2NORM=use_l2norm, STORE_A=store_a,
+        # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
+        launch(kkt_solve_kernel, (chunks.n_chunks, HV), k, beta, g_cum, g_cum if rk is None else rk,
+               tm, a if store_a else tm, *chunks.span_args, H, HV, K, HV // H,
+               BK=block_size(K), K_STEP=min(block_size(K), _K_STEP), L2NORM=rk is not None, STORE_A=store_a,
                PRECISION=precision, num_warps=NUM_WARPS)
     return tm, a

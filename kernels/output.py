@@ -12,18 +12,23 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, inverse_norm, masked_exp, raw_dot, row_squares, split_operand, split_scale
+from ._common import CHUNK, block_size, masked_exp, raw_dot, split_operand, split_scale
 from ._launch import launch
 from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
 
 # Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128, T = 65536 / 256 packed short sequences;
-# 2026-11-29): 4 warps, BV = 64, no software pipelining: 2.33 / 0.87 ms. BV = 32 or 128: 3.43 /
-# 1.30 and 2.71 / 0.98; 8 warps: 2.75-4.5 ms at T = 65536; 2 warps spill kilobytes; pipelining
-# 2 deep: 0.18 ms slower. (Triton 3.6 also compiled 8 warps with BV = 32 into an illegal
-# memory access at T = 65536: one more reason to keep to the measured configuration.)
+# 2026-11-29): 4 warps, 64 value columns a program, no software pipelining: 2.21 / 0.81 ms. 32 or
+# 128 columns: 3.43 / 1.30 and 2.71 / 0.98; 8 warps: 2.75-4.5 ms at T = 65536; 2 warps spill
+# kilobytes; pipelining 2 deep: 3.6 / 1.4 ms.
 NUM_WARPS = 4
 NUM_STAGES = 1
+# V columns per program, for every V (masked past V): every V block recomputes the chunk's
+# Q K^T, so blocks are as wide as the registers allow. Never 32 with Triton 3.6 on sm_90: with
+# 16-bit inputs it compiled this kernel into wrong results (V = 20 cases, o error ratio
+# 0.41-0.59 against float64, float32 and float64 inputs correct) and, at T = 65536, an illegal
+# memory access (H200, 2026-11-29, benchmarks/results/h200/stage_sweeps.md).
+VALUE_BLOCK = 64
 # Chunks per program: a loop over a few consecutive chunks spreads each program's setup over
 # them (measured before the K blocking below: 2.64 ms with 4, 2.73 with 1). Fixed, never from T.
 CHUNKS_PER_PROGRAM = 4
@@ -31,15 +36,9 @@ CHUNKS_PER_PROGRAM = 4
 KEY_BLOCK = 64
 
 
-def output_value_block(K: int, V: int) -> int:
-    """V columns per program (from K and V only, never from T). Every V block recomputes the
-    chunk's Q K^T, so blocks are as wide as the registers allow."""
-    return min(block_size(V), 64)
-
-
 @triton.jit(do_not_specialize=["n_chunks"])
 def output_kernel(
-    q_ptr, k_ptr, g_cum_ptr, h_ptr, v_new_ptr, o_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
+    q_ptr, k_ptr, g_cum_ptr, rq_ptr, rk_ptr, h_ptr, v_new_ptr, o_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
     n_chunks, scale_hi, scale_lo, H, HV, K, V, GROUP,
     BK: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, CHUNKS: tl.constexpr, L2NORM: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -66,11 +65,9 @@ def output_kernel(
         state_base = (tl.cast(chunk, tl.int64) * HV + hv) * K * V
         # Q S and Q K^T accumulate over K in blocks of KB: a whole K x BV float32 state with its
         # two bfloat16 halves, beside whole Q and K tiles, left no registers (spills at every
-        # tile width, sm_90) - the l2 norms accumulate alongside.
+        # tile width, sm_90).
         q_state = tl.zeros([CHUNK, BV], ACC)
         qk = tl.zeros([CHUNK, CHUNK], ACC)
-        q_squares = tl.zeros([CHUNK], ACC)
-        k_squares = tl.zeros([CHUNK], ACC)
         for kb in tl.static_range(BK // KB):
             kcols = kb * KB + tl.arange(0, KB)
             q = tl.load(q_ptr + qk_base + (rows[:, None] * (H * K) + kcols[None, :]),
@@ -85,12 +82,9 @@ def output_kernel(
             state_hi, state_lo = split_operand(state, RAW)
             q_state += raw_dot(q, state_hi, state_lo, PRECISION)
             qk += dot(q, k_t, PRECISION).to(ACC)
-            if L2NORM:
-                q_squares += row_squares(q, ACC)
-                k_squares += row_squares(tl.trans(k_t), ACC)
         if L2NORM:
-            rq = inverse_norm(q_squares)
-            rk = inverse_norm(k_squares)
+            rq = tl.load(rq_ptr + (t0 + rows) * H + kh, mask=valid, other=0.0)
+            rk = tl.load(rk_ptr + (t0 + rows) * H + kh, mask=valid, other=0.0)
         else:
             rq = tl.full([CHUNK], 1.0, ACC)
             rk = tl.full([CHUNK], 1.0, ACC)
@@ -107,19 +101,22 @@ def output_kernel(
 
 
 def output(
-    q: torch.Tensor, k: torch.Tensor, g_cum: torch.Tensor, h: torch.Tensor, v_new: torch.Tensor,
-    chunks: ChunkMap, scale: float, use_l2norm: bool, precision: str, out_dtype: torch.dtype,
+    q: torch.Tensor, k: torch.Tensor, g_cum: torch.Tensor, norms: tuple[torch.Tensor, torch.Tensor] | None,
+    h: torch.Tensor, v_new: torch.Tensor, chunks: ChunkMap, scale: float, precision: str, out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """q, k [B, T, H, K], g_cum [B, T, HV], h [NT, HV, K, V], v_new [B, T, HV, V] -> o [B, T, HV, V]."""
+    """q, k [B, T, H, K], g_cum [B, T, HV], norms (rq, rk) [B, T, H] each (None: no l2norm),
+    h [NT, HV, K, V], v_new [B, T, HV, V] -> o [B, T, HV, V]."""
     q, k = q.contiguous(), k.contiguous()
     B, T, H, K = q.shape
     HV, V = v_new.shape[2], v_new.shape[3]
     o = new_output((B, T, HV, V), out_dtype, q.device)
     if chunks.n_chunks:
-        BV = output_value_block(K, V)
+        BV = VALUE_BLOCK
         groups = triton.cdiv(chunks.n_chunks, CHUNKS_PER_PROGRAM)
-        launch(output_kernel, (groups * HV * triton.cdiv(V, BV),), q, k, g_cum, h, v_new, o,
+        # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
+        rq, rk = (g_cum, g_cum) if norms is None else norms
+        launch(output_kernel, (groups * HV * triton.cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
                *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
                BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
-               L2NORM=use_l2norm, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+               L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return o

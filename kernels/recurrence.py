@@ -22,18 +22,25 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, inverse_l2_norm, masked_exp, raw_dot, split_operand
+from ._common import CHUNK, block_size, masked_exp, raw_dot, split_operand
 from ._launch import launch
 from ._triton_compat import dot, loop_bound
 from .chunk_map import ChunkMap
 
-# Measured on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128; .device sweep, 2026-11-29): 4 warps
-# and BV = 32 without software pipelining: 5.6 ms at T = 65536, 1.56 ms for 256 packed short
-# sequences. BV = 16 with 3 stages was faster on the single sequence (4.75 ms) and slower packed
-# (2.55 ms); 8 warps were slower everywhere (one program per SM at 253-255 registers). Deeper
-# pipelining needs shared memory that float32 and float64 tiles at K = 256 do not have.
+# Measured on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128; benchmarks/sweep_stages.py,
+# 2026-11-29, after the l2norm moved to its own stage): 4 warps, BV = 32, the chunk loop
+# pipelined 3 deep: 3.48 ms at T = 65536, 1.24 ms for 256 packed short sequences (1 stage: 4.30 /
+# 1.32; BV = 16 with 3 stages: 3.00 / 1.82, faster on one sequence, slower packed). 8 warps were
+# slower everywhere (one program per SM at 253-255 registers).
 NUM_WARPS = 4
-NUM_STAGES = 1
+# Pipelining depth for 16-bit inputs. float32 and float64 tiles take two and four times the
+# shared memory per stage (K = 256 would not fit), so their loop is not pipelined.
+NUM_STAGES = 3
+
+
+def pipeline_stages(input_dtype: torch.dtype) -> int:
+    """The chunk loop's software pipelining depth (from the input dtype only, never from T)."""
+    return NUM_STAGES if input_dtype.itemsize == 2 else 1
 
 
 def state_value_block(K: int, V: int) -> int:
@@ -47,7 +54,7 @@ def state_value_block(K: int, V: int) -> int:
 
 @triton.jit
 def recurrence_kernel(
-    k_ptr, v_ptr, beta_ptr, g_cum_ptr, tm_ptr, h0_ptr, ht_ptr, h_ptr, v_new_ptr,
+    k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, h0_ptr, ht_ptr, h_ptr, v_new_ptr,
     seq_start_ptr, seq_first_chunk_ptr, H, HV, K, V, GROUP,
     BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, HAS_H0: tl.constexpr,
     STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr,
@@ -91,7 +98,7 @@ def recurrence_kernel(
         k = tl.load(k_ptr + (t0 * H + kh) * K + (rows[:, None] * (H * K) + kcols[None, :]),
                     mask=valid[:, None] & (kcols < K)[None, :], other=0.0)
         if L2NORM:
-            rk = inverse_l2_norm(k, ACC)
+            rk = tl.load(rk_ptr + tokens * H + kh, mask=valid, other=0.0)
         else:
             rk = tl.full([CHUNK], 1.0, ACC)
         v_tile = rows[:, None] * (HV * V) + vcols[None, :]
@@ -117,11 +124,12 @@ def recurrence_kernel(
 
 
 def recurrence(
-    k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, tm: torch.Tensor,
-    chunks: ChunkMap, initial_state: torch.Tensor | None, output_final_state: bool, use_l2norm: bool,
+    k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, rk: torch.Tensor | None,
+    tm: torch.Tensor, chunks: ChunkMap, initial_state: torch.Tensor | None, output_final_state: bool,
     precision: str,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """-> (final_state [N, HV, K, V] or None, h [NT, HV, K, V], v_new [B, T, HV, V]), in g_cum's dtype."""
+    """rk [B, T, H] (None: no l2norm) -> (final_state [N, HV, K, V] or None, h [NT, HV, K, V],
+    v_new [B, T, HV, V]), in g_cum's dtype."""
     k, v, beta = k.contiguous(), v.contiguous(), beta.contiguous()
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
@@ -135,10 +143,12 @@ def recurrence(
     if N * HV:
         # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
         placeholder = g_cum
-        launch(recurrence_kernel, (N * HV * triton.cdiv(V, BV),), k, v, beta, g_cum, tm,
+        launch(recurrence_kernel, (N * HV * triton.cdiv(V, BV),), k, v, beta, g_cum,
+               placeholder if rk is None else rk, tm,
                initial_state.contiguous() if has_h0 else placeholder,
                final_state if output_final_state else placeholder, h, v_new,
                chunks.seq_start, chunks.seq_first_chunk, H, HV, K, V, HV // H,
-               BK=block_size(K), BV=BV, L2NORM=use_l2norm, HAS_H0=has_h0, STORE_FINAL=output_final_state,
-               PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+               BK=block_size(K), BV=BV, L2NORM=rk is not None, HAS_H0=has_h0, STORE_FINAL=output_final_state,
+               PRECISION=precision, num_warps=NUM_WARPS,
+               num_stages=pipeline_stages(k.dtype))
     return final_state, h, v_new

@@ -13,18 +13,22 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, inverse_l2_norm
+from ._common import CHUNK, block_size
 from ._launch import launch
 from ._triton_compat import dot
 from .chunk_map import ChunkMap, chunk_span
 
 # Diagnostics only; 8 warps for the whole-K and whole-V tiles.
 NUM_WARPS = 8
+# Diagnostics want W and U to carry Tm's error only, so their dots are IEEE float32 for every
+# input dtype (the fast path's bf16x3 put 1.9e-4 RMS error on U in a mixed-gate bf16 case, H200,
+# where Tm was within 6e-7).
+_PRECISION = "ieee"
 
 
 @triton.jit
 def wy_kernel(
-    k_ptr, v_ptr, beta_ptr, g_cum_ptr, tm_ptr, w_ptr, u_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
+    k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, w_ptr, u_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
     H, HV, K, V, GROUP,
     BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -50,7 +54,7 @@ def wy_kernel(
 
     key_weight = beta * tl.exp(gam)
     if L2NORM:
-        key_weight = key_weight * inverse_l2_norm(k, ACC)
+        key_weight = key_weight * tl.load(rk_ptr + tokens * H + kh, mask=valid, other=0.0)
     w = dot(tm, k * key_weight[:, None], PRECISION)
     u = dot(tm, v * beta[:, None], PRECISION)
     tl.store(w_ptr + tokens[:, None] * (HV * K) + hv * K + kcols[None, :], w, mask=k_mask)
@@ -58,17 +62,19 @@ def wy_kernel(
 
 
 def wy(
-    k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, tm: torch.Tensor,
-    chunks: ChunkMap, use_l2norm: bool, precision: str,
+    k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, rk: torch.Tensor | None,
+    tm: torch.Tensor, chunks: ChunkMap,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k [B, T, H, K], v [B, T, HV, V], beta and g_cum [B, T, HV], Tm [B, T, HV, 64] -> (W, U)."""
+    """k [B, T, H, K], v [B, T, HV, V], beta and g_cum [B, T, HV], rk [B, T, H] (None: no l2norm),
+    Tm [B, T, HV, 64] -> (W, U)."""
     k, v, beta = k.contiguous(), v.contiguous(), beta.contiguous()
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
     w = new_output((B, T, HV, K), tm.dtype, k.device)
     u = new_output((B, T, HV, V), tm.dtype, k.device)
     if chunks.n_chunks:
-        launch(wy_kernel, (chunks.n_chunks, HV), k, v, beta, g_cum, tm, w, u, *chunks.span_args,
+        launch(wy_kernel, (chunks.n_chunks, HV), k, v, beta, g_cum, g_cum if rk is None else rk, tm, w, u,
+               *chunks.span_args,
                H, HV, K, V, HV // H,
-               BK=block_size(K), BV=block_size(V), L2NORM=use_l2norm, PRECISION=precision, num_warps=NUM_WARPS)
+               BK=block_size(K), BV=block_size(V), L2NORM=rk is not None, PRECISION=_PRECISION, num_warps=NUM_WARPS)
     return w, u

@@ -17,7 +17,7 @@ import torch
 from gdn_verify.cases import Case
 from gdn_verify.cases import dense as _dense
 from gdn_verify.cases import varlen as _varlen
-from gdn_verify.contract import validate
+from gdn_verify.contract import L2NORM_EPS, validate
 from gdn_verify.inputs import make_inputs
 from gdn_verify.kernels import (
     chunk_gated_delta_rule,
@@ -28,6 +28,7 @@ from gdn_verify.kernels import (
 )
 from gdn_verify.kernels import cumsum as cumsum_module
 from gdn_verify.kernels import kkt_solve as kkt_solve_module
+from gdn_verify.kernels import l2norm as l2norm_module
 from gdn_verify.kernels import output as output_module
 from gdn_verify.kernels import recurrence as recurrence_module
 from gdn_verify.kernels import wy as wy_module
@@ -217,16 +218,24 @@ def stage_errors(case: Case, device: str) -> dict[str, tuple[float, float]]:
         return t.to(device=device, dtype=acc)
 
     got = {"g_cum": cumsum_module.cumsum(x["g"], chunks, acc)}
-    got["Tm"], got["A"] = kkt_solve_module.kkt_solve(x["k"], x["beta"], fed(ref.g_cum), chunks, case.HV, l2,
+    computed_here = {}
+    norms = None
+    if l2:
+        # The row factors 1 / sqrt(|x|^2 + eps) in float64, from the inputs as the kernels see them.
+        for name, t in (("rq", x["q"]), ("rk", x["k"])):
+            computed_here[name] = (t.double().square().sum(-1) + L2NORM_EPS).rsqrt().cpu()
+        norms = got["rq"], got["rk"] = l2norm_module.l2norm_factors(x["q"], x["k"], acc)
+    rk = norms[1] if l2 else None
+    got["Tm"], got["A"] = kkt_solve_module.kkt_solve(x["k"], x["beta"], fed(ref.g_cum), rk, chunks, case.HV,
                                                      precision, store_a=True)
-    got["W"], got["U"] = wy_module.wy(x["k"], x["v"], x["beta"], fed(ref.g_cum), fed(ref.Tm), chunks, l2, precision)
+    got["W"], got["U"] = wy_module.wy(x["k"], x["v"], x["beta"], fed(ref.g_cum), rk, fed(ref.Tm), chunks)
     got["final_state"], got["h"], got["v_new"] = recurrence_module.recurrence(
-        x["k"], x["v"], x["beta"], fed(ref.g_cum), fed(ref.Tm), chunks, x["initial_state"], True, l2, precision)
-    got["o"] = output_module.output(x["q"], x["k"], fed(ref.g_cum), fed(ref.h), fed(ref.v_new),
-                                                   chunks, problem.scale, l2, precision, x["v"].dtype)
+        x["k"], x["v"], x["beta"], fed(ref.g_cum), rk, fed(ref.Tm), chunks, x["initial_state"], True, precision)
+    got["o"] = output_module.output(x["q"], x["k"], fed(ref.g_cum), norms, fed(ref.h), fed(ref.v_new),
+                                    chunks, problem.scale, precision, x["v"].dtype)
     errors = {}
     for name, t in got.items():
-        expected = getattr(ref, name)
+        expected = computed_here[name] if name in computed_here else getattr(ref, name)
         assert t.shape == expected.shape, f"{name}: shape {tuple(t.shape)} != {tuple(expected.shape)}"
         if name == "o":
             errors[name] = (o_error(t, expected), TOLERANCES[case.dtype][0])
@@ -239,8 +248,9 @@ def stage_errors(case: Case, device: str) -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("dtype", sorted(STAGE_TOLERANCE))
 @pytest.mark.parametrize("base", STAGE_CASES, ids=case_id)
 def test_each_stage_matches_reference_intermediates(base: Case, dtype: str, device: str):
-    for name, (err, bound) in stage_errors(base.with_(dtype=dtype), device).items():
-        assert err <= bound, f"{name}: RMS error ratio {err:.3g} > {bound:g}"
+    errors = stage_errors(base.with_(dtype=dtype), device)
+    report = ", ".join(f"{name} {err:.3g} (bound {bound:g})" for name, (err, bound) in errors.items())
+    assert all(err <= bound for err, bound in errors.values()), f"RMS error ratios: {report}"
 
 
 @pytest.mark.parametrize("base", STAGE_CASES, ids=case_id)
@@ -266,8 +276,8 @@ def test_stage_calls_are_the_fast_path(device: str):
     inputs = make_inputs(case)
     o, _ = run_kernel(inputs, case, device)
     calls = chunk_stage_calls(**case_kwargs(inputs, case, device), use_qk_l2norm_in_kernel=case.l2norm)
-    assert list(calls) == ["chunk_map", "cumsum", "kkt_solve", "recurrence", "output"]
-    for name in ("chunk_map", "cumsum", "kkt_solve", "recurrence"):
+    assert list(calls) == ["chunk_map", "cumsum", "l2norm", "kkt_solve", "recurrence", "output"]
+    for name in ("chunk_map", "cumsum", "l2norm", "kkt_solve", "recurrence"):
         calls[name]()
     assert_same_bits(calls["output"](), o, "o from the output stage's call")
 
