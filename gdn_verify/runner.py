@@ -35,9 +35,11 @@ from gdn_verify.invariants import INVARIANTS, InvariantResult, check_invariants,
 
 # The compile-variant audit's sweep: T = 64 alone first, then every length of the sweep.
 AUDIT_T = {"cuda": (1, 16, 32, 63, 64, 65, 128, 1000), "cpu-interpreter": (1, 16, 32, 63, 64, 65, 128)}
-# With the in-kernel l2norm, so every stage's kernel is audited (its norm stage runs only then).
-AUDIT_SHAPE = {"cuda": dict(H=4, HV=8, K=128, V=128, l2norm=True),
-               "cpu-interpreter": dict(H=1, HV=2, K=16, V=16, l2norm=True)}
+# Without the in-kernel l2norm: flash-linear-attention autotunes its l2norm kernel anew for
+# every bucket of T, which spent a whole comparison run's time budget on the audit (H200,
+# 2026-11-29). Our l2norm stage's variants are audited by tests/test_kernels_chunk.py and
+# benchmarks/bench_kernels.py instead.
+AUDIT_SHAPE = {"cuda": dict(H=4, HV=8, K=128, V=128), "cpu-interpreter": dict(H=1, HV=2, K=16, V=16)}
 
 STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR = "pass", "fail", "changed", "error"
 STATUS_NOT_SUPPORTED = "not supported"
