@@ -65,6 +65,14 @@ def _aligned_k(q, k, initial_state):
     return q, k, initial_state, K
 
 
+def _l2norm_factors(q, k, acc, enabled: bool):
+    """((rq, rk), rk) from the l2norm stage when the in-kernel l2norm is on, else (None, None)."""
+    if not enabled:
+        return None, None
+    norms = l2norm_factors(q, k, acc)
+    return norms, norms[1]
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
@@ -76,8 +84,7 @@ def chunk_gated_delta_rule(
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    norms = l2norm_factors(q, k, acc) if use_qk_l2norm_in_kernel else None
-    rk = norms[1] if norms else None
+    norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
     tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
     final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
                                        precision)
@@ -101,8 +108,7 @@ def chunk_gated_delta_rule_intermediates(
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    norms = l2norm_factors(q, k, acc) if use_qk_l2norm_in_kernel else None
-    rk = norms[1] if norms else None
+    norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
     tm, a = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision, store_a=True)
     w, u = wy(k, v, beta, g_cum, rk, tm, chunks)
     final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
@@ -126,8 +132,7 @@ def chunk_stage_calls(
     l2norm = use_qk_l2norm_in_kernel
     q, k, initial_state, _ = _aligned_k(q, k, initial_state)
     g_cum = cumsum(g, chunks, acc)
-    norms = l2norm_factors(q, k, acc) if l2norm else None
-    rk = norms[1] if norms else None
+    norms, rk = _l2norm_factors(q, k, acc, l2norm)
     tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
     _, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state, precision)
     calls = {

@@ -18,9 +18,10 @@ from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
 
 # Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128, T = 65536 / 256 packed short sequences;
-# 2026-11-29): 4 warps, 64 value columns a program, no software pipelining: 2.21 / 0.81 ms. 32 or
-# 128 columns: 3.43 / 1.30 and 2.71 / 0.98; 8 warps: 2.75-4.5 ms at T = 65536; 2 warps spill
-# kilobytes; pipelining 2 deep: 3.6 / 1.4 ms.
+# 2026-11-29, benchmarks/results/h200/stage_sweeps.md): 4 warps, 64 value columns a program, no
+# software pipelining: 2.21 / 0.81 ms; pipelining 2 deep: 3.6 / 1.4 ms. In the earlier sweeps
+# (norms still computed here) 32 or 128 columns took 3.43 / 1.30 and 2.71 / 0.98 against 2.33 /
+# 0.87; 8 warps 2.75-4.5 ms at T = 65536; 2 warps spilled kilobytes.
 NUM_WARPS = 4
 NUM_STAGES = 1
 # V columns per program, for every V (masked past V): every V block recomputes the chunk's
