@@ -35,8 +35,9 @@ _BLOCK = tl.constexpr(16)
 _N_BLOCKS = tl.constexpr(4)
 
 # Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=128, T = 65536 / 256 packed short sequences;
-# 2026-11-29): 1 warp with 16-column key steps 0.75 / 0.26 ms; 2 warps 0.96-1.07 / 0.36-0.41;
-# 4 warps 1.79-1.95 / 0.68-0.74; the earlier whole-tile kernel 2.35 / 0.88. A 16-row MMA tile
+# 2026-11-29, benchmarks/results/h200/stage_sweeps.md): 1 warp with 16-column key steps 0.81 /
+# 0.27 ms; 32-column steps 0.91 / 0.30; 2 warps 0.84-0.95 / 0.31-0.35 (before the diagonal blocks
+# were batched: 4 warps 1.79-1.95 / 0.68-0.74; the earlier whole-tile kernel 2.35 / 0.88). A 16-row MMA tile
 # cannot be split over warps, so with more warps each one repeats every small dot
 # (warpsPerCTA [4, 1]); one warp a program wastes nothing, and the 32768 programs of a long
 # sequence keep the SMs full anyway.
@@ -47,8 +48,8 @@ NUM_WARPS = 1
 @triton.jit
 def _token_vectors(beta_ptr, g_cum_ptr, rk_ptr, rows, t0, length, hv, kh, H, HV,
                    L2NORM: tl.constexpr, ACC: tl.constexpr):
-    """beta, gam, the l2norm factor of k (ones without L2NORM) and the valid mask for chunk
-    rows `rows` (any shape)."""
+    """beta, gam, the l2norm factor of k (1 on valid rows without L2NORM) and the valid mask for
+    chunk rows `rows` (any shape)."""
     valid = rows < length
     tokens = t0 + rows
     beta = tl.load(beta_ptr + tokens * HV + hv, mask=valid, other=0.0).to(ACC)
