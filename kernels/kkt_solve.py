@@ -151,7 +151,8 @@ def _store_block(ptr, tile, t0, length, hv, HV, ROW_BLOCK: tl.constexpr, COL_BLO
     layout, for the chunk's valid tokens."""
     rows = _block_rows(ROW_BLOCK)
     cols = _block_rows(COL_BLOCK)
-    tl.store(ptr + (t0 + rows)[:, None] * (HV * CHUNK) + hv * CHUNK + cols[None, :], tile, mask=(rows < length)[:, None])
+    tl.store(ptr + (t0 + rows)[:, None] * (HV * CHUNK) + hv * CHUNK + cols[None, :], tile,
+             mask=(rows < length)[:, None])
 
 
 @triton.jit
