@@ -89,7 +89,8 @@ CASES = [
     # GVA and head sizes: non-powers of two, K != V both ways, several V blocks.
     dense(33, H=2, HV=4, K=16, V=16, init_state="random"),
     varlen((5, 0, 70), H=1, HV=3, K=16, V=32, init_state="random", dtype="bfloat16"),
-    dense(66, H=1, HV=2, K=60, V=100, init_state="random", l2norm=True),
+    # Several key heads with l2norm: the norm stage's per-head factors.
+    dense(66, H=2, HV=4, K=60, V=100, init_state="random", l2norm=True),
     varlen((3, 40), H=1, HV=1, K=48, V=20, init_state="random", dtype="bfloat16"),
     # Gate and beta regimes (strong: g in [-30, -1]; mixed: 0, mild and strong).
     dense(70, gate="zero", beta="one", init_state="random", **_SMALL),
@@ -200,7 +201,7 @@ STAGE_TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 1e-5}
 A_TOLERANCE = {"float64": 1e-10, "float32": 3e-5, "bfloat16": 3e-5}
 STAGE_CASES = [
     varlen((0, 1, 63, 0, 65, 1, 0), init_state="random", **_SMALL),
-    varlen((5, 0, 70), H=1, HV=3, K=60, V=20, init_state="random", l2norm=True, gate="mixed"),
+    varlen((5, 0, 70), H=3, HV=6, K=60, V=20, init_state="random", l2norm=True, gate="mixed"),
 ]
 
 
