@@ -131,17 +131,12 @@ def latency_rows() -> list[dict]:
 STAGE_SHAPES = ((65536, [65536], False), ("packed", None, True))  # None: packed_lengths()
 
 
-def stage_calls(x: dict) -> dict:
-    """Stage name -> a call running that stage alone on inputs x (from make_inputs)."""
-    return chunk_stage_calls(**x)
-
-
 def stage_rows() -> list[dict]:
     """Each stage of the fast path timed alone (device time, CUDA graph) at T = 65536 and packed."""
     rows = []
     for name, lens, packed in STAGE_SHAPES:
         x = make_inputs(lens or packed_lengths(), packed, seed=7)
-        for stage, fn in stage_calls(x).items():
+        for stage, fn in chunk_stage_calls(**x).items():
             fn()
             torch.cuda.synchronize()
             ms = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")

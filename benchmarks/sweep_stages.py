@@ -56,12 +56,14 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_kernels as bench
 
+    from gdn_verify.kernels.chunk import chunk_stage_calls
+
     module = importlib.import_module(f"gdn_verify.kernels.{stage}")
     for name, value in setting.items():
         setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
 
     def stage_call(lens: list[int], packed: bool):
-        return bench.stage_calls(bench.make_inputs(lens, packed, seed=7))[stage]
+        return chunk_stage_calls(**bench.make_inputs(lens, packed, seed=7))[stage]
 
     if not shapes:
         stage_call([200], False)()
