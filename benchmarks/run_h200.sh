@@ -5,7 +5,8 @@
 #   goldens_h200.tgz   the golden store (goldens/), with this platform's store completed as far
 #                      as phase A got
 #   results.tgz        gpu.json/.md (the gpu suite against those goldens, from a separate warm
-#                      process), bench_*.json (kernel, decode, reference benchmarks) and logs/
+#                      process), bench_*.json (kernel, decode, reference benchmarks),
+#                      cold_start.json and logs/
 # flash-linear-attention's comparison runs in a call of its own: benchmarks/compare_gpu.sh.
 # Steps have their own time limits inside one overall deadline (H200_BUDGET_S), so a slow step
 # costs only itself; phase A continues from the committed store, so repeated calls complete it.
@@ -31,21 +32,27 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "
 # (one shape/dtype/flag combination each, at most 8 cases, fewest cases first) run 16 at a
 # time: Triton compiles each combination cold, and shards compile theirs in parallel. A shard
 # stopped by the phase's deadline still writes the goldens of the cases it passed.
-python3 - > "$LOGS/shards.txt" <<'PY'
-import json, re
+python3 - "$LOGS/shards.txt" "$LOGS/warm.txt" <<'PY'
+import json, re, sys
 from collections import defaultdict
 from pathlib import Path
 from gdn_verify.cases import suite
 from gdn_verify.platform import fingerprint, platform_key
 manifest = Path("goldens") / platform_key(fingerprint("cuda")) / "manifest.json"
 have = set(json.loads(manifest.read_text())["cases"]) if manifest.exists() else set()
-groups = defaultdict(list)
+missing, present = defaultdict(list), defaultdict(list)
 for c in suite("gpu"):
-    if c.id not in have:
-        groups[(c.H, c.HV, c.K, c.V, c.dtype, c.l2norm, c.init_state)].append(c.id)
-for ids in sorted(groups.values(), key=len):
-    for i in range(0, len(ids), 8):
-        print("^(" + "|".join(re.escape(x) for x in ids[i:i + 8]) + ")$")
+    (present if c.id in have else missing)[(c.H, c.HV, c.K, c.V, c.dtype, c.l2norm, c.init_state)].append(c.id)
+with open(sys.argv[1], "w") as shards:
+    for ids in sorted(missing.values(), key=len):
+        for i in range(0, len(ids), 8):
+            print("^(" + "|".join(re.escape(x) for x in ids[i:i + 8]) + ")$", file=shards)
+# One case of each combination phase A does not compile, so phase C's one process finds the
+# Triton cache warm either way and times the suite, not the compiler.
+with open(sys.argv[2], "w") as warm:
+    for key, ids in present.items():
+        if key not in missing:
+            print("^" + re.escape(ids[0]) + "$", file=warm)
 PY
 A_LIMIT=$(limit 240)
 echo "== phase A: $(wc -l < "$LOGS/shards.txt") shards of missing gpu-suite goldens (limit ${A_LIMIT}s)"; s=$SECONDS
@@ -53,6 +60,11 @@ timeout -k 10 "$A_LIMIT" xargs -a "$LOGS/shards.txt" -d '\n' -P 16 -I{} \
   python3 -m gdn_verify golden regen --suite gpu --device cuda --goldens goldens --cases '{}' > "$LOGS/regen.log" 2>&1
 echo "   phase A done after $((SECONDS - s))s"; grep -h "goldens goldens/cuda" "$LOGS/regen.log" | awk '{n += $3} END {print "   added", n}'
 grep -h "not written" "$LOGS/regen.log" | head -20
+W_LIMIT=$(limit 120)
+echo "== phase A2: compile warm-up, $(wc -l < "$LOGS/warm.txt") combinations (limit ${W_LIMIT}s)"; s=$SECONDS
+timeout -k 10 "$W_LIMIT" xargs -a "$LOGS/warm.txt" -d '\n' -P 16 -I{} \
+  python3 -m gdn_verify run --suite gpu --device cuda --goldens goldens --no-audit --cases '{}' > "$LOGS/warm.log" 2>&1
+echo "   phase A2 done after $((SECONDS - s))s"
 
 # Phase B0: compute-sanitizer over the odd head sizes (K = 100, V = 60: the shapes where Triton
 # 3.6 has compiled out-of-bounds shared-memory reads before), kernels already compiled by phase A.
@@ -61,6 +73,7 @@ step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -
 
 # Phase B: the kernel benchmark on a quiet GPU (it measures its own cold start).
 step bench_kernels 70 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json"
+step cold_start 80 python3 benchmarks/cold_start.py --repeats 3 --json "$OUT/cold_start.json"
 
 # Phase C: the whole gpu suite against the goldens phase A wrote, in one warm process.
 step gpu_suite 180 python3 -m gdn_verify run --suite gpu --device cuda --goldens goldens \

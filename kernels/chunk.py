@@ -19,6 +19,8 @@ import torch
 from gdn_verify.contract import Problem, validate
 
 from ._common import compute_dtype, dot_precision
+from ._launch import compile_ahead
+from ._triton_compat import INTERPRET
 from .chunk_map import ChunkMap, build_chunk_map
 from .cumsum import cumsum
 from .kkt_solve import kkt_solve
@@ -73,6 +75,18 @@ def _l2norm_factors(q, k, acc, enabled: bool):
     return norms, norms[1]
 
 
+def _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, l2norm) -> tuple:
+    """What decides which kernel variants a call compiles (dtypes, head counts and sizes, flags),
+    never T or sequence lengths."""
+    return (q.device, q.dtype, k.dtype, v.dtype, g.dtype, beta.dtype, q.shape[2:], v.shape[2:],
+            None if initial_state is None else initial_state.dtype, output_final_state, cu_seqlens is None, l2norm)
+
+
+# Configurations this process has already compiled for: later calls skip compile_ahead's
+# extra pass (a launch's worth of host time per stage).
+_compiled_configs: set[tuple] = set()
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
@@ -82,14 +96,26 @@ def chunk_gated_delta_rule(
     """Gated delta rule forward: (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] or None)."""
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    q, k, initial_state, K = _aligned_k(q, k, initial_state)
-    g_cum = cumsum(g, chunks, acc)
-    norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
-    tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
-    final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
-                                       precision)
-    o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
-    return o, (final_state[:, :, :K] if final_state is not None else None)
+    config = _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens,
+                             use_qk_l2norm_in_kernel)
+    K = q.shape[-1]
+    q, k, initial_state, _ = _aligned_k(q, k, initial_state)
+
+    def forward():
+        g_cum = cumsum(g, chunks, acc)
+        norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
+        tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
+        final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
+                                           precision)
+        o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
+        return o, (final_state[:, :, :K] if final_state is not None else None)
+
+    if not INTERPRET and config not in _compiled_configs:
+        # First call with this configuration: compile every stage's kernel at once, then run.
+        with compile_ahead(q.device):
+            forward()
+        _compiled_configs.add(config)
+    return forward()
 
 
 def chunk_gated_delta_rule_intermediates(

@@ -1,0 +1,150 @@
+"""compile_ahead (kernels/_launch.py) and the entry point's first-call use of it.
+
+Compiling needs a GPU, so these tests drive compile_ahead with stand-in kernels that record
+what Triton would be asked to do, and check the entry point's gate with a stand-in
+compile_ahead. What the real compiles save is measured on the H200 (bench_kernels.py's cold
+start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pytest
+import torch
+
+from gdn_verify.cases import dense
+from gdn_verify.inputs import make_inputs
+from gdn_verify.kernels import _launch
+from gdn_verify.kernels import chunk as chunk_module
+from gdn_verify.kernels.chunk import chunk_gated_delta_rule
+
+from kernel_checks import case_kwargs
+
+
+class _Compiled:
+    def __init__(self, log: list, name: str):
+        self._log, self._name = log, name
+
+    @property
+    def run(self):
+        self._log.append(("load", self._name))
+        return None
+
+
+class _StandInKernel:
+    """Quacks like a JITFunction to `launch`: a Python fn, a compile cache, [grid](...), warmup."""
+
+    def __init__(self, name: str, log: list, barrier: threading.Barrier | None = None):
+        def fn(x, y, BLOCK):
+            pass
+
+        fn.__name__ = name
+        self.fn, self.device_caches, self._log, self._barrier = fn, {}, log, barrier
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self._log.append(("run", self.fn.__name__, grid, args, kwargs))
+
+    def warmup(self, *args, grid, **kwargs):
+        self._log.append(("compile", self.fn.__name__, grid, args, kwargs))
+        if self._barrier is not None:
+            self._barrier.wait()  # every kernel's compile must be in flight at once to pass
+        return _Compiled(self._log, self.fn.__name__)
+
+
+@pytest.fixture
+def no_driver(monkeypatch):
+    # The real driver would look for a GPU.
+    monkeypatch.setattr(_launch, "driver", type("Driver", (), {"active": None})())
+
+
+def test_launches_inside_compile_instead_of_running(no_driver):
+    log: list = []
+    first, second = _StandInKernel("first", log), _StandInKernel("second", log)
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(first, (4,), 1, 2, BLOCK=16)
+        _launch.launch(second, (8,), 3, 4, BLOCK=32, num_warps=4)
+        assert log == []  # nothing compiled or run until the block ends
+    assert not [entry for entry in log if entry[0] == "run"]
+    compiles = sorted(entry for entry in log if entry[0] == "compile")
+    assert compiles == [("compile", "first", (4,), (1, 2), {"BLOCK": 16}),
+                        ("compile", "second", (8,), (3, 4), {"BLOCK": 32, "num_warps": 4})]
+    assert sorted(entry for entry in log if entry[0] == "load") == [("load", "first"), ("load", "second")]
+    # Outside the block, launches run again.
+    _launch.launch(first, (4,), 1, 2, BLOCK=16)
+    assert log[-1][0] == "run"
+
+
+def test_kernels_compile_concurrently(no_driver):
+    log: list = []
+    # Each compile waits until the other one is in flight too: run one after the other, the
+    # first would wait out the timeout and break the barrier.
+    barrier = threading.Barrier(2, timeout=10)
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(_StandInKernel("first", log, barrier), (1,), 1, 2, BLOCK=16)
+        _launch.launch(_StandInKernel("second", log, barrier), (1,), 1, 2, BLOCK=16)
+    assert sorted(entry[1] for entry in log if entry[0] == "compile") == ["first", "second"]
+
+
+def test_variants_of_one_kernel_compile_in_order_in_one_thread(no_driver):
+    log: list = []
+    threads: list = []
+
+    class Recording(_StandInKernel):
+        def warmup(self, *args, grid, **kwargs):
+            threads.append(threading.get_ident())
+            return super().warmup(*args, grid=grid, **kwargs)
+
+    kernel = Recording("kernel", log)
+    with _launch.compile_ahead(torch.device("cpu")):
+        for block in (16, 64, 32):
+            _launch.launch(kernel, (1,), 1, 2, BLOCK=block)
+    assert [entry[4]["BLOCK"] for entry in log if entry[0] == "compile"] == [16, 64, 32]
+    assert len(set(threads)) == 1
+
+
+def test_a_failed_compile_is_raised_and_the_block_can_be_entered_again(no_driver):
+    class Broken(_StandInKernel):
+        def warmup(self, *args, grid, **kwargs):
+            raise RuntimeError("compile failed")
+
+    with pytest.raises(RuntimeError, match="compile failed"):
+        with _launch.compile_ahead(torch.device("cpu")):
+            _launch.launch(Broken("broken", []), (1,), 1, 2, BLOCK=16)
+    log: list = []
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(_StandInKernel("ok", log), (1,), 1, 2, BLOCK=16)
+    assert [entry[0] for entry in log] == ["compile", "load"]
+
+
+def test_blocks_do_not_nest(no_driver):
+    with _launch.compile_ahead(torch.device("cpu")):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with _launch.compile_ahead(torch.device("cpu")):
+                pass
+
+
+def test_entry_point_compiles_ahead_once_per_configuration(monkeypatch, device: str):
+    entered: list = []
+
+    @contextlib.contextmanager
+    def recording_compile_ahead(dev):
+        entered.append(dev)
+        yield
+
+    monkeypatch.setattr(chunk_module, "INTERPRET", False)
+    monkeypatch.setattr(chunk_module, "compile_ahead", recording_compile_ahead)
+    monkeypatch.setattr(chunk_module, "_compiled_configs", set())
+    def inputs(T: int, dtype: str) -> dict:
+        case = dense(T=T, H=1, HV=2, K=16, V=16, dtype=dtype)
+        return case_kwargs(make_inputs(case), case, device)
+
+    chunk_gated_delta_rule(**inputs(20, "float32"))
+    assert len(entered) == 1
+    chunk_gated_delta_rule(**inputs(20, "float32"))
+    assert len(entered) == 1
+    chunk_gated_delta_rule(**inputs(70, "float32"))
+    assert len(entered) == 1, "T must not make a call count as a new configuration"
+    chunk_gated_delta_rule(**inputs(20, "float64"))
+    assert len(entered) == 2
