@@ -88,9 +88,9 @@ def _compile_and_load(device: torch.device, launches: list) -> None:
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         for kernel, grid, args, constexprs in launches:
             compiled = kernel.warmup(*args, grid=grid, **constexprs)
-            # `run` builds the launcher (a C extension Triton compiles with the host compiler
-            # on first use) and loads the binary: most of a cold launch after the compile.
-            compiled.run  # noqa: B018 (a property whose first read does the work)
+            # `run` is a property whose first read builds the launcher (a C extension Triton
+            # compiles with the host compiler) and loads the binary: the rest of a cold launch.
+            compiled.run
 
 
 @contextlib.contextmanager
