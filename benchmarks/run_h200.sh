@@ -60,7 +60,7 @@ timeout -k 10 "$A_LIMIT" xargs -a "$LOGS/shards.txt" -d '\n' -P 16 -I{} \
   python3 -m gdn_verify golden regen --suite gpu --device cuda --goldens goldens --cases '{}' > "$LOGS/regen.log" 2>&1
 echo "   phase A done after $((SECONDS - s))s"; grep -h "goldens goldens/cuda" "$LOGS/regen.log" | awk '{n += $3} END {print "   added", n}'
 grep -h "not written" "$LOGS/regen.log" | head -20
-W_LIMIT=$(limit 120)
+W_LIMIT=$(limit 200)
 echo "== phase A2: compile warm-up, $(wc -l < "$LOGS/warm.txt") combinations (limit ${W_LIMIT}s)"; s=$SECONDS
 timeout -k 10 "$W_LIMIT" xargs -a "$LOGS/warm.txt" -d '\n' -P 16 -I{} \
   python3 -m gdn_verify run --suite gpu --device cuda --goldens goldens --no-audit --cases '{}' > "$LOGS/warm.log" 2>&1
