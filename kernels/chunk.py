@@ -98,8 +98,7 @@ def chunk_gated_delta_rule(
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     config = _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens,
                              use_qk_l2norm_in_kernel)
-    K = q.shape[-1]
-    q, k, initial_state, _ = _aligned_k(q, k, initial_state)
+    q, k, initial_state, K = _aligned_k(q, k, initial_state)
 
     def forward():
         g_cum = cumsum(g, chunks, acc)
