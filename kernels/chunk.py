@@ -67,12 +67,25 @@ def _aligned_k(q, k, initial_state):
     return q, k, initial_state, K
 
 
-def _l2norm_factors(q, k, acc, enabled: bool):
-    """((rq, rk), rk) from the l2norm stage when the in-kernel l2norm is on, else (None, None)."""
-    if not enabled:
-        return None, None
-    norms = l2norm_factors(q, k, acc)
-    return norms, norms[1]
+def _run_stages(q, k, v, g, beta, initial_state, output_final_state, l2norm, problem, chunks, acc, precision,
+                store_a: bool = False, calls: dict | None = None) -> dict:
+    """The fast path's stages in order, on K-aligned q, k and initial state: every stage's
+    results by name (A only with store_a). With `calls`, each stage is also recorded there as a
+    call that reruns it on the inputs it got here."""
+
+    def stage(name, fn, *args, **kwargs):
+        if calls is not None:
+            calls[name] = lambda: fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    g_cum = stage("cumsum", cumsum, g, chunks, acc)
+    norms = stage("l2norm", l2norm_factors, q, k, acc) if l2norm else None
+    rk = norms[1] if l2norm else None
+    tm, a = stage("kkt_solve", kkt_solve, k, beta, g_cum, rk, chunks, problem.HV, precision, store_a=store_a)
+    final_state, h, v_new = stage("recurrence", recurrence, k, v, beta, g_cum, rk, tm, chunks, initial_state,
+                                  output_final_state, precision)
+    o = stage("output", output, q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
+    return {"g_cum": g_cum, "rk": rk, "A": a, "Tm": tm, "h": h, "v_new": v_new, "o": o, "final_state": final_state}
 
 
 def _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, l2norm) -> tuple:
@@ -85,6 +98,11 @@ def _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seql
 # Configurations this process has already compiled for: later calls skip compile_ahead's
 # extra pass (a launch's worth of host time per stage).
 _compiled_configs: set[tuple] = set()
+
+
+def _unpadded_state(state: torch.Tensor | None, K: int) -> torch.Tensor | None:
+    """A [.., K_padded, V] state tensor without _aligned_k's zero rows."""
+    return None if state is None else state[:, :, :K]
 
 
 def chunk_gated_delta_rule(
@@ -100,21 +118,17 @@ def chunk_gated_delta_rule(
                              use_qk_l2norm_in_kernel)
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
 
-    def forward():
-        g_cum = cumsum(g, chunks, acc)
-        norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
-        tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
-        final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
-                                           precision)
-        o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
-        return o, (final_state[:, :, :K] if final_state is not None else None)
+    def forward() -> dict:
+        return _run_stages(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, problem,
+                           chunks, acc, precision)
 
     if not INTERPRET and config not in _compiled_configs:
         # First call with this configuration: compile every stage's kernel at once, then run.
         with compile_ahead(q.device):
             forward()
         _compiled_configs.add(config)
-    return forward()
+    results = forward()
+    return results["o"], _unpadded_state(results["final_state"], K)
 
 
 def chunk_gated_delta_rule_intermediates(
@@ -132,15 +146,11 @@ def chunk_gated_delta_rule_intermediates(
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
-    g_cum = cumsum(g, chunks, acc)
-    norms, rk = _l2norm_factors(q, k, acc, use_qk_l2norm_in_kernel)
-    tm, a = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision, store_a=True)
-    w, u = wy(k, v, beta, g_cum, rk, tm, chunks)
-    final_state, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
-                                       precision)
-    o = output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
-    return {"g_cum": g_cum, "A": a, "Tm": tm, "W": w[..., :K], "U": u, "h": h[:, :, :K], "v_new": v_new,
-            "o": o, "final_state": final_state[:, :, :K] if final_state is not None else None}
+    r = _run_stages(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, problem, chunks,
+                    acc, precision, store_a=True)
+    w, u = wy(k, v, beta, r["g_cum"], r["rk"], r["Tm"], chunks)
+    return {"g_cum": r["g_cum"], "A": r["A"], "Tm": r["Tm"], "W": w[..., :K], "U": u, "h": r["h"][:, :, :K],
+            "v_new": r["v_new"], "o": r["o"], "final_state": _unpadded_state(r["final_state"], K)}
 
 
 def chunk_stage_calls(
@@ -154,20 +164,8 @@ def chunk_stage_calls(
     The output stage's call returns o as chunk_gated_delta_rule does."""
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state, output_final_state,
                                                cu_seqlens, use_qk_l2norm_in_kernel)
-    l2norm = use_qk_l2norm_in_kernel
     q, k, initial_state, _ = _aligned_k(q, k, initial_state)
-    g_cum = cumsum(g, chunks, acc)
-    norms, rk = _l2norm_factors(q, k, acc, l2norm)
-    tm, _ = kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
-    _, h, v_new = recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state, precision)
-    calls = {
-        "chunk_map": lambda: build_chunk_map(problem, cu_seqlens, q.device),
-        "cumsum": lambda: cumsum(g, chunks, acc),
-    }
-    if l2norm:
-        calls["l2norm"] = lambda: l2norm_factors(q, k, acc)
-    calls["kkt_solve"] = lambda: kkt_solve(k, beta, g_cum, rk, chunks, problem.HV, precision)
-    calls["recurrence"] = lambda: recurrence(k, v, beta, g_cum, rk, tm, chunks, initial_state, output_final_state,
-                                             precision)
-    calls["output"] = lambda: output(q, k, g_cum, norms, h, v_new, chunks, problem.scale, precision, v.dtype)
+    calls = {"chunk_map": lambda: build_chunk_map(problem, cu_seqlens, q.device)}
+    _run_stages(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, problem, chunks, acc,
+                precision, calls=calls)
     return calls
