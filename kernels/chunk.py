@@ -49,7 +49,8 @@ def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seql
 # compute-sanitizer clean on those cases; the unpadded one was too with a first version of the
 # split recurrence / output (not rechecked since), but Triton 3.6 has miscompiled other tile /
 # warp configurations of these kernels (see output.py), so the guard stays.
-# benchmarks/results/h200/sanitizer.log holds both runs.
+# Both runs are in benchmarks/results/h200/sanitizer.log as of commit c2d76bf; the file now holds
+# the latest run of the padded path (run_h200.sh).
 _ALIGN_BYTES = 16
 
 
