@@ -10,6 +10,10 @@ first compile at a small T in parallel (one shared TRITON_CACHE_DIR), then time 
 another on the quiet GPU; one that fails to compile or faults (Triton 3.6 has miscompiled
 some of these into illegal memory accesses) is reported as such and costs only its own process.
 
+Each stage also runs once as shipped, and every configuration's results (all the stage's output
+tensors, at both shapes) are compared with the shipped ones bit for bit: a configuration that
+keeps the bits can replace the shipped one without rewriting the GPU goldens.
+
     python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--json sweep.json]
 
 Written from the ad-hoc sweeps that produced the numbers in those comments (2026-11-29).
@@ -38,6 +42,7 @@ SPACE = {
 def configurations(stages: list[str]) -> list[tuple[str, dict]]:
     out = []
     for stage in stages:
+        out.append((f"{stage}:shipped", {}))
         names, values = zip(*SPACE[stage].items())
         for combo in itertools.product(*values):
             setting = dict(zip(names, combo))
@@ -45,9 +50,25 @@ def configurations(stages: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
+def bit_fingerprint(result) -> list[list[int]]:
+    """Per output tensor of a stage: sums of its raw bits, plain and position-weighted (on the
+    device; equal fingerprints mean equal bits up to an improbable collision)."""
+    import torch
+
+    out = []
+    for t in result if isinstance(result, (tuple, list)) else (result,):
+        if t is None:
+            continue
+        bits = t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+        bits = bits.reshape(-1).long()
+        weights = torch.arange(bits.numel(), device=bits.device) % 65521 + 1
+        out.append([int(bits.sum()), int((bits * weights).sum())])
+    return out
+
+
 def child(stage: str, setting: dict, shapes: list[str]) -> dict:
-    """Apply one configuration, run the stage on each shape, return {shape: ms} (compile only
-    when shapes is empty)."""
+    """Apply one configuration, run the stage on each shape, return {shape: ms, "bits": {shape:
+    fingerprint}} (compile only when shapes is empty)."""
     import importlib
 
     import torch
@@ -69,14 +90,14 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
         stage_call([200], False)()
         torch.cuda.synchronize()
         return {}
-    times = {}
+    times, bits = {}, {}
     for shape in shapes:
         lens, packed = {str(name): (lens, packed) for name, lens, packed in bench.STAGE_SHAPES}[shape]
         fn = stage_call(lens or bench.packed_lengths(), packed)
-        fn()
+        bits[shape] = bit_fingerprint(fn())
         torch.cuda.synchronize()
         times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
-    return times
+    return {**times, "bits": bits}
 
 
 def run_child(name: str, shapes: list[str], env: dict, timeout_s: int) -> dict:
@@ -114,15 +135,23 @@ def main() -> int:
     names = [name for name, _ in configurations(args.stage or sorted(SPACE))]
     with ThreadPoolExecutor(args.jobs) as pool:
         compiled = dict(zip(names, pool.map(lambda n: run_child(n, [], env, 300), names)))
-    rows = []
-    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}")
+    rows, shipped_bits = [], {}
+    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}  bits vs shipped")
     for name in names:
         result = compiled[name] if "error" in compiled[name] else run_child(name, ["65536", "packed"], env, 120)
+        stage, setting = name.split(":", 1)
+        if "error" not in result:
+            bits = result.pop("bits")
+            if setting == "shipped":
+                shipped_bits[stage] = bits
+            baseline = shipped_bits.get(stage) if setting != "shipped" else None
+            result["same_bits"] = None if baseline is None else bits == baseline
         rows.append({"configuration": name, **result})
         if "error" in result:
             print(f"{name:<58} {'failed: ' + result['error'][:80]}")
         else:
-            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}")
+            same = {True: "same", False: "DIFFER", None: "-"}[result["same_bits"]]
+            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}  {same}")
     from gdn_verify.platform import fingerprint
 
     with open(args.json, "w") as f:
