@@ -50,25 +50,16 @@ def configurations(stages: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
-def bit_fingerprint(result) -> list[list[int]]:
-    """Per output tensor of a stage: sums of its raw bits, plain and position-weighted (on the
-    device; equal fingerprints mean equal bits up to an improbable collision)."""
-    import torch
+def output_digests(result) -> list[str]:
+    """sha256 of each output tensor of a stage, the digest the golden store keeps."""
+    from gdn_verify.goldens import tensor_sha256
 
-    out = []
-    for t in result if isinstance(result, (tuple, list)) else (result,):
-        if t is None:
-            continue
-        bits = t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
-        bits = bits.reshape(-1).long()
-        weights = torch.arange(bits.numel(), device=bits.device) % 65521 + 1
-        out.append([int(bits.sum()), int((bits * weights).sum())])
-    return out
+    return [tensor_sha256(t) for t in (result if isinstance(result, (tuple, list)) else (result,)) if t is not None]
 
 
 def child(stage: str, setting: dict, shapes: list[str]) -> dict:
     """Apply one configuration, run the stage on each shape, return {shape: ms, "bits": {shape:
-    fingerprint}} (compile only when shapes is empty)."""
+    output digests}} (compile only when shapes is empty)."""
     import importlib
 
     import torch
@@ -94,7 +85,7 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
     for shape in shapes:
         lens, packed = {str(name): (lens, packed) for name, lens, packed in bench.STAGE_SHAPES}[shape]
         fn = stage_call(lens or bench.packed_lengths(), packed)
-        bits[shape] = bit_fingerprint(fn())
+        bits[shape] = output_digests(fn())
         torch.cuda.synchronize()
         times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
     return {**times, "bits": bits}
