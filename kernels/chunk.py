@@ -115,15 +115,15 @@ def chunk_gated_delta_rule(
     """Gated delta rule forward: (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] or None)."""
     problem, chunks, acc, precision = _prepare(q, k, v, g, beta, scale, initial_state,
                                                output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
-    config = _first_call_key(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens,
-                             use_qk_l2norm_in_kernel)
+    config = None if INTERPRET else _first_call_key(q, k, v, g, beta, initial_state, output_final_state,
+                                                     cu_seqlens, use_qk_l2norm_in_kernel)
     q, k, initial_state, K = _aligned_k(q, k, initial_state)
 
     def forward() -> dict:
         return _run_stages(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, problem,
                            chunks, acc, precision)
 
-    if not INTERPRET and config not in _compiled_configs:
+    if config is not None and config not in _compiled_configs:
         # First call with this configuration: compile every stage's kernel at once, then run.
         with compile_ahead(q.device):
             forward()
