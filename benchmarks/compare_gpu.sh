@@ -14,8 +14,9 @@
 # does not support it. The budget counts from the start: on a machine whose Triton cache is
 # cold, the variant audit and the latency bench alone took 150 s (two runs, 2026-11-29, in
 # which no case started within the former 150 s budget). --time-budget stops starting cases
-# after that many seconds and reports the rest as not run; `timeout` interrupts a run that still overruns (SIGTERM, which `compare`
-# turns into a stop), and the report of what ran is written all the same.
+# after that many seconds and reports the rest as not run; `timeout` interrupts a run that
+# still overruns (SIGTERM, which `compare` turns into a stop), and the report of what ran is
+# written all the same.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
