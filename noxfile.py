@@ -8,6 +8,7 @@ that already has CUDA torch and Triton (a GPU image usually has no package regis
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -23,10 +24,14 @@ TRITON_VERSIONS = ["3.9.0", "3.6.0"]
 # them, so a session that reads or writes goldens pins them (a newer Triton or NumPy would make
 # the store "not comparable" instead of checking bits).
 GOLDEN_PINS = [CPU_TORCH, "triton==3.9.0", "numpy==2.4.6"]
-# Interpreter runs that read or write goldens pin the thread count: the interpreter's output
-# changes by about one ULP with the BLAS thread count (gdn_verify/platform.py).
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-INTERPRETER_ENV = {**THREAD_ENV, "TRITON_INTERPRET": "1", "HYPOTHESIS_PROFILE": "ci"}
+
+sys.path.insert(0, str(ROOT))
+from gdn_verify.platform import CPU_DISPATCH_ENV  # noqa: E402  (stdlib only: safe in nox's Python)
+
+# NumPy's and torch's SIMD dispatch capped at the interpreter baseline before they load
+# (gdn_verify/platform.py): the CLI does it itself, pytest's conftest too; set here as well so
+# that every process a session starts has it.
+INTERPRETER_ENV = {**CPU_DISPATCH_ENV, "TRITON_INTERPRET": "1", "HYPOTHESIS_PROFILE": "ci"}
 
 
 def _install(session: nox.Session, *extra: str, triton: str | None = None, pins=(CPU_TORCH,)) -> None:
@@ -67,17 +72,18 @@ def verify(session: nox.Session) -> None:
     session.run(
         "gdn-verify", "run", "--device", "auto", "--goldens", "goldens",
         "--json", str(OUT / "verify.json"), "--markdown", str(OUT / "verify.md"), *args,
-        env=THREAD_ENV,  # the CLI itself switches to the interpreter when the device is the CPU
+        env=CPU_DISPATCH_ENV,  # the CLI itself switches to the interpreter when the device is the CPU
     )
 
 
 @nox.session(name="golden-check")
 def golden_check(session: nox.Session) -> None:
-    """The cpu suite against the committed goldens: fails on any unexpected bitwise diff."""
+    """The cpu suite against the committed goldens: fails on any unexpected bitwise diff, and
+    exits 2 when no store of this platform exists or any case has no golden (never a silent pass)."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
     session.run(
-        "gdn-verify", "run", "--suite", "cpu", "--device", "cpu", "--goldens", "goldens",
+        "gdn-verify", "run", "--suite", "cpu", "--device", "cpu", "--goldens", "goldens", "--require-goldens",
         "--json", str(OUT / "gate.json"), "--markdown", str(OUT / "gate.md"), *session.posargs,
         env=INTERPRETER_ENV,
     )

@@ -5,32 +5,22 @@ Golden tensors are compared bit for bit only between runs whose `platform_key` i
 Compiled (CUDA): the bits depend on the GPU architecture and the Triton compiler (which
 brings its own ptxas), so the key is backend + arch + Triton version.
 
-Interpreter (CPU): Triton's interpreter runs each `tl.dot` as `numpy.matmul` (OpenBLAS sgemm
-/ dgemm) and elementwise math as NumPy ufuncs, so the bits depend on the Triton, torch and
-NumPy versions, on the OpenBLAS kernel family chosen for this CPU ("Haswell", "SkylakeX",
-...), on NumPy's SIMD dispatch level (exp/log have per-ISA code paths), and on the thread
-count. Measured here (2-core AMD EPYC, OpenBLAS 0.3.31 "Haswell", NumPy 2.4.6, torch 2.13,
-Triton 3.9 interpreter), outputs hashed with OPENBLAS_NUM_THREADS 1 vs 2 and
-torch.set_num_threads 1 vs 2 in all four combinations:
+Interpreter (CPU): Triton's interpreter runs elementwise math as NumPy ufuncs and each `tl.dot`
+as `numpy.matmul`. Three things made those bits depend on the CPU model, and each is removed:
 
-* the OpenBLAS thread count changes bits: one float32 tl.dot of two 128x128 blocks in an
-  interpreter kernel (plus an exp) gave 2684 of 16384 elements different between 1 and 2
-  BLAS threads (560 by 1 ULP, 966 by 2-3, 903 by 4-15, the rest more: the largest ULP
-  counts are results near zero after cancellation); 256x256: 5404 of 65536. numpy matmuls
-  of 127x129x65, 256x256x256 and 1000x300x200 changed too. Kernels with 16x16 and 64x64
-  dots and a 64x64x64 matmul did not change (OpenBLAS runs small products on one thread).
-  Our chunk kernel (gdn_verify.kernels.chunk_gated_delta_rule), BLAS threads 1 vs 2: with
-  K = V = 128 (dense T = 128, 2 value heads, bf16) 3 of 32768 o elements moved by 1 ULP and
-  10703 of 32768 final-state elements (float32) changed, 5156 of them by 1 ULP, 3026 by 2-3;
-  with K = V <= 64 (T = 130 fp32; packed 1/63/64/65 fp32) the bits did not change;
-* torch's thread count changed nothing we ran (a 1000x300x200 torch matmul and a sum over
-  2**20 floats were identical): ATen's reductions split work independently of the thread
-  count. It is still pinned and keyed, because the launchers may use other torch CPU ops.
+* BLAS: `numpy.matmul` is OpenBLAS, whose kernel family (Haswell, SkylakeX, ...) and thread
+  count set the summation order. Our kernels' `dot` never calls it under the interpreter
+  (`kernels/_triton_compat.py`: exactly rounded products summed in a fixed pairwise order),
+  so neither OpenBLAS's kernels nor its threads reach the bits, and `OPENBLAS_CORETYPE` is
+  left as the machine sets it.
+* NumPy's SIMD dispatch: exp, log and other ufuncs have one implementation per ISA level.
+  `pin_cpu_dispatch` disables NumPy's targets above x86-64-v3 (AVX2 + FMA) before NumPy loads
+  (`NPY_DISABLE_CPU_FEATURES`), so an AVX-512 machine runs the same code as an AVX2 one.
+* torch's CPU kernels (input generation, the launchers' torch ops): capped the same way with
+  `ATEN_CPU_CAPABILITY=avx2`.
 
-So interpreter runs that read or write goldens call `pin_interpreter_threads()`, and the key
-holds both counts as they are in effect. Not in the key (recorded only): the CPU model and
-torch's CPU capability; two machines with the same OpenBLAS core and NumPy dispatch level
-are assumed to give the same bits.
+The key names that baseline ("x86-64-v3") when both caps are in effect, and the dispatch
+levels actually in effect otherwise, so a run without the caps never claims the baseline.
 """
 
 from __future__ import annotations
@@ -46,6 +36,19 @@ from pathlib import Path
 BLAS_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 INTERPRETER_BACKEND = "cpu-interpreter"
 CUDA_BACKEND = "cuda"
+
+# The interpreter's ISA baseline: what NumPy and torch dispatch to once capped by
+# CPU_DISPATCH_ENV, on every x86-64 CPU with AVX2 and FMA.
+INTERPRETER_BASELINE = "x86-64-v3"
+BASELINE_NUMPY_SIMD = "X86_V3"
+BASELINE_TORCH_CAPABILITY = "AVX2"
+CPU_DISPATCH_ENV = {
+    # NumPy's dispatch targets above X86_V3 (NumPy >= 2.4 names; older releases' AVX-512
+    # names too, which newer ones ignore).
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_KNL AVX512_KNM "
+                                "AVX512_SKX AVX512_CLX AVX512_CNL AVX512_FP16",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
 
 
 # --- OpenBLAS (NumPy's BLAS) thread control -------------------------------------------------
@@ -127,6 +130,30 @@ def pin_interpreter_threads(n: int = 1) -> None:
 
     torch.set_num_threads(n)
     _set_openblas_threads(n)
+
+
+def pin_cpu_dispatch(reexec: list[str] | None = None) -> bool:
+    """Cap NumPy's and torch's SIMD dispatch at the interpreter baseline (CPU_DISPATCH_ENV).
+
+    Both libraries read these variables once, when they load, so they are set here in the
+    environment, leaving any value the user set. If NumPy or torch is already loaded in this
+    process, the caps cannot act on it: with `reexec` (the arguments after the Python
+    executable, e.g. ["-m", "gdn_verify", "run", ...]) the process replaces itself with a fresh
+    one that has them set; without it, `fingerprint` records what is in effect and the key
+    says so. Returns True when the caps are in effect for NumPy and torch as they load.
+    Only on x86-64: other machines keep their own dispatch, which their key names.
+    """
+    if os.uname().machine != "x86_64":
+        return False
+    missing = {var: value for var, value in CPU_DISPATCH_ENV.items() if var not in os.environ}
+    os.environ.update(missing)
+    if not missing or not {"numpy", "torch"} & set(sys.modules):
+        return True
+    if reexec is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *reexec])
+    return False
 
 
 # --- fingerprint -----------------------------------------------------------------------------
@@ -265,27 +292,26 @@ def _safe(text) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", str(text))
 
 
+def simd_baseline(fp: dict) -> str:
+    """The interpreter's dispatch level as the key names it: the baseline, or what is in effect."""
+    numpy_simd, torch_cap = fp.get("numpy_simd"), fp.get("torch_cpu_capability")
+    if numpy_simd == BASELINE_NUMPY_SIMD and torch_cap == BASELINE_TORCH_CAPABILITY:
+        return INTERPRETER_BASELINE
+    return f"numpy{numpy_simd or 'NA'}-aten{torch_cap or 'NA'}"
+
+
 def platform_key(fp: dict) -> str:
     """A short, file-name-safe key; two fingerprints' bits are comparable iff their keys are equal.
 
     e.g. "cuda-sm90-triton3.6.0" or
-    "cpu-interpreter-X86_V3-Haswell-triton3.9.0-torch2.13.0_cpu-numpy2.4.6-threads1x1"
-    (torch x BLAS threads).
+    "cpu-interpreter-x86-64-v3-triton3.9.0-torch2.13.0_cpu-numpy2.4.6".
     """
     try:
         if fp["backend"] == CUDA_BACKEND:
             parts = ["cuda", fp["cuda_arch"], f"triton{fp['triton']}"]
         elif fp["backend"] == INTERPRETER_BACKEND:
-            threads = fp["threads"]
-            parts = [
-                INTERPRETER_BACKEND,
-                fp.get("numpy_simd") or "simdNA",
-                fp.get("blas_core") or "blasNA",
-                f"triton{fp['triton']}",
-                f"torch{fp['torch']}",
-                f"numpy{fp['numpy']}",
-                f"threads{threads['torch']}x{threads['blas'] if threads['blas'] is not None else 'NA'}",
-            ]
+            parts = [INTERPRETER_BACKEND, simd_baseline(fp), f"triton{fp['triton']}", f"torch{fp['torch']}",
+                     f"numpy{fp['numpy']}"]
         else:
             raise ValueError(f"fp['backend']: expected 'cuda' or 'cpu-interpreter', got {fp['backend']!r}")
     except KeyError as missing:
@@ -305,7 +331,8 @@ def describe(fp: dict) -> str:
     else:
         t = fp.get("threads", {})
         where = (
-            f"cpu-interpreter on {fp.get('cpu_model')} [{fp.get('numpy_simd')}, OpenBLAS {fp.get('blas_core')}], "
+            f"cpu-interpreter on {fp.get('cpu_model')} [numpy {fp.get('numpy_simd')}, "
+            f"torch {fp.get('torch_cpu_capability')}, OpenBLAS {fp.get('blas_core')}], "
             f"threads torch={t.get('torch')} blas={t.get('blas')}"
         )
     return (

@@ -3,14 +3,15 @@
 The Triton interpreter keeps bfloat16 tensors as raw uint16 bit patterns. Loading and
 `.to(tl.float32)` are exact, but two operations are wrong there:
 
-* `tl.dot` on bfloat16 operands multiplies the bit patterns as integers;
+* `tl.dot` on bfloat16 operands multiplies the bit patterns as integers (and on every dtype
+  it is `numpy.matmul`, whose BLAS summation order depends on the CPU model);
 * an fp32 -> bf16 cast truncates instead of rounding to nearest even.
 
 Kernels therefore do all arithmetic in float32 (bfloat16 only as a storage and dot-operand
 format) and route every dot and every narrowing cast through `dot` and `cast_to` below.
-On a GPU both compile to the plain operation; under the interpreter `dot` upcasts
-bfloat16 operands (exact: every bf16 value is an fp32 value) and `cast_to` rounds to
-nearest even by integer arithmetic on the fp32 bits.
+On a GPU both compile to the plain operation; under the interpreter `dot` upcasts its
+operands to the accumulation dtype (exact) and sums exactly rounded products in a fixed
+pairwise order, and `cast_to` rounds to nearest even by integer arithmetic on the fp32 bits.
 """
 
 import os
@@ -24,17 +25,49 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRET = tl.constexpr(INTERPRET)
 
 
+def _halvings(shape) -> tuple[list[int], list[int]]:
+    """(outer dims, the inner dim's successive halves) of a product tile [..., K]."""
+    dims = [int(getattr(d, "value", d)) for d in shape]
+    widths, width = [], dims[-1]
+    while width > 1:
+        width //= 2
+        widths.append(width)
+    return dims[:-1], widths
+
+
+@triton.jit
+def _pairwise_dot(a, b):
+    """a @ b as exactly rounded products summed in a fixed pairwise tree over the inner dimension.
+
+    Runs only under the interpreter. There `tl.dot` is `numpy.matmul`, i.e. the BLAS kernel
+    OpenBLAS picks for the CPU model (and its thread count), whose summation order differs
+    between machines; elementwise products and adds are IEEE operations with one result on
+    every x86-64 CPU, so this dot's bits depend on nothing but its operands. The inner
+    dimension is a power of two (tl.dot's tiles are).
+    """
+    acc_dtype = tl.float64 if a.dtype == tl.float64 else tl.float32
+    a = a.to(acc_dtype)
+    b = b.to(acc_dtype)
+    if len(a.shape) == 3:
+        product = a[:, :, None, :] * tl.permute(b, (0, 2, 1))[:, None, :, :]  # [B, M, N, K]
+    else:
+        product = a[:, None, :] * tl.trans(b)[None, :, :]  # [M, N, K]
+    outer, widths = _halvings(product.shape)
+    for width in widths:
+        even, odd = tl.split(tl.reshape(product, outer + [width, 2]))
+        product = even + odd
+    return tl.reshape(product, outer)
+
+
 @triton.jit
 def dot(a, b, PRECISION: tl.constexpr):
     """a @ b with float32 (float64 in exact mode) accumulation.
 
     PRECISION is tl.dot's input_precision for float32 operands ("ieee" keeps TF32 out).
+    Under the interpreter the product is `_pairwise_dot`'s, with no BLAS in the path.
     """
     if _INTERPRET:
-        if a.dtype == tl.bfloat16:
-            a = a.to(tl.float32)
-        if b.dtype == tl.bfloat16:
-            b = b.to(tl.float32)
+        return _pairwise_dot(a, b)
     if a.dtype == tl.float32:
         return tl.dot(a, b, input_precision=PRECISION)
     return tl.dot(a, b)

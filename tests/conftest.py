@@ -1,6 +1,11 @@
 import os
 
-import torch
+from gdn_verify.platform import pin_cpu_dispatch
+
+# NumPy and torch read their SIMD caps when they load: before anything imports them.
+pin_cpu_dispatch()
+
+import torch  # noqa: E402
 
 # @triton.jit reads TRITON_INTERPRET when a kernel is decorated, so this must happen before
 # any test module imports gdn_verify.kernels. On a CUDA machine the kernels are compiled

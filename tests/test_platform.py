@@ -21,6 +21,7 @@ def interpreter_fp(**changes) -> dict:
     fp = {
         "backend": "cpu-interpreter",
         "numpy_simd": "X86_V3",
+        "torch_cpu_capability": "AVX2",
         "blas_core": "Haswell",
         "triton": "3.9.0",
         "torch": "2.13.0+cpu",
@@ -39,7 +40,7 @@ def interpreter_fp(**changes) -> dict:
 def test_key_format():
     # The format is the spec: readable components, file-name safe.
     assert platform_key(interpreter_fp()) == (
-        "cpu-interpreter-X86_V3-Haswell-triton3.9.0-torch2.13.0_cpu-numpy2.4.6-threads1x1"
+        "cpu-interpreter-x86-64-v3-triton3.9.0-torch2.13.0_cpu-numpy2.4.6"
     )
     cuda = {"backend": "cuda", "cuda_arch": "sm90", "gpu_name": "NVIDIA H200", "triton": "3.6.0", "torch": "2.9.0"}
     assert platform_key(cuda) == "cuda-sm90-triton3.6.0"
@@ -53,17 +54,20 @@ def test_key_ignores_provenance_and_tracks_what_changes_bits():
         {"date": "2030-01-01"},
         {"cpu_model": "Intel Xeon"},
         {"gdn_verify": "9.9"},
+        # Neither OpenBLAS's kernels nor thread counts reach the interpreter's bits any more.
+        {"blas_core": "SkylakeX"},
+        {"threads": {"torch": 2, "blas": 2}},
     ):
         assert platform_key(interpreter_fp(**same)) == base, same
     for different in (
         {"triton": "3.6.0"},
         {"torch": "2.9.0"},
         {"numpy": "2.3.0"},
-        {"blas_core": "SkylakeX"},
         {"numpy_simd": "X86_V4"},
-        {"threads": {"torch": 2, "blas": 1}},
-        {"threads": {"torch": 1, "blas": 2}},
-        {"threads": {"torch": 1, "blas": None}},
+        {"numpy_simd": "AVX512_ICL"},
+        {"numpy_simd": None},
+        {"torch_cpu_capability": "AVX512"},
+        {"torch_cpu_capability": "DEFAULT"},
     ):
         key = platform_key(interpreter_fp(**different))
         assert key != base and KEY_CHARS.match(key), different
@@ -143,3 +147,80 @@ def test_pin_interpreter_threads_takes_effect_after_numpy_loaded(monkeypatch):
             gplatform._set_openblas_threads(blas_threads)
     with pytest.raises(ValueError, match="positive int"):
         pin_interpreter_threads(0)
+
+
+# --- the interpreter's ISA baseline: each pin takes effect, and a changed pin changes the key ---
+
+_DISPATCH = """
+import json, numpy, torch
+from numpy._core import _multiarray_umath as umath
+from gdn_verify.platform import fingerprint, platform_key
+fp = fingerprint("cpu")
+dispatched = [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)]
+print(json.dumps({"dispatched": dispatched, "torch": torch.backends.cpu.get_cpu_capability(),
+                  "key": platform_key(fp)}))
+"""
+
+
+def _host_has_baseline() -> bool:
+    from numpy._core import _multiarray_umath as umath
+
+    return os.uname().machine == "x86_64" and bool(umath.__cpu_features__.get("AVX2")) and bool(
+        umath.__cpu_features__.get("FMA3"))
+
+
+def _dispatch_in(env_changes: dict, code: str = _DISPATCH) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in gplatform.CPU_DISPATCH_ENV}
+    env.update(env_changes)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+needs_baseline = pytest.mark.skipif(not _host_has_baseline(), reason="needs an x86-64 CPU with AVX2 and FMA")
+
+
+@needs_baseline
+def test_dispatch_pins_take_effect_and_name_the_baseline():
+    pinned = _dispatch_in(gplatform.CPU_DISPATCH_ENV)
+    # NumPy dispatches to nothing above x86-64-v3, torch to AVX2, whatever this CPU has.
+    assert pinned["dispatched"][-1] == gplatform.BASELINE_NUMPY_SIMD, pinned
+    assert pinned["torch"] == gplatform.BASELINE_TORCH_CAPABILITY
+    assert f"-{gplatform.INTERPRETER_BASELINE}-" in pinned["key"]
+    # This process runs under the same pins (conftest), so it has the same key.
+    assert platform_key(fingerprint("cpu")) == pinned["key"]
+
+
+@needs_baseline
+def test_a_changed_pin_changes_the_key():
+    pinned = _dispatch_in(gplatform.CPU_DISPATCH_ENV)["key"]
+    lower_numpy = _dispatch_in(dict(gplatform.CPU_DISPATCH_ENV, NPY_DISABLE_CPU_FEATURES=(
+        gplatform.CPU_DISPATCH_ENV["NPY_DISABLE_CPU_FEATURES"] + " X86_V3")))
+    assert lower_numpy["dispatched"] == [] and lower_numpy["key"] != pinned
+    lower_torch = _dispatch_in(dict(gplatform.CPU_DISPATCH_ENV, ATEN_CPU_CAPABILITY="default"))
+    assert lower_torch["torch"] == "DEFAULT" and lower_torch["key"] != pinned
+
+
+@needs_baseline
+def test_pin_cpu_dispatch_reexecutes_a_process_that_loaded_numpy_first():
+    # The process imported NumPy before pinning, as an embedding program might: the pins can
+    # only act in a fresh process, which pin_cpu_dispatch starts with the given arguments.
+    code = ("import sys, numpy\n"
+            "from gdn_verify.platform import pin_cpu_dispatch\n"
+            f"pin_cpu_dispatch(reexec=['-c', {_DISPATCH!r}])\n"
+            "print('not re-executed')\n")
+    assert _dispatch_in({}, code)["dispatched"][-1] == gplatform.BASELINE_NUMPY_SIMD
+
+
+@needs_baseline
+def test_cli_pins_before_numpy_loads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in gplatform.CPU_DISPATCH_ENV}
+    report = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-m", "gdn_verify", "run", "--suite", "smoke", "--max-cases", "1",
+                           "--device", "cpu", "--no-audit", "--json", str(report)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    fp = json.loads(report.read_text())["fingerprint"]
+    assert (fp["numpy_simd"], fp["torch_cpu_capability"]) == (gplatform.BASELINE_NUMPY_SIMD,
+                                                              gplatform.BASELINE_TORCH_CAPABILITY)
+    assert f"-{gplatform.INTERPRETER_BASELINE}-" in platform_key(fp)
