@@ -25,12 +25,15 @@ from typing import Iterable, Iterator, Sequence
 from gdn_verify.contract import MAX_HEAD_DIM, SUPPORTED_DTYPES
 
 LAYOUTS = ("dense", "varlen")
-GATES = ("zero", "mild", "strong", "mixed")
+GATES = ("zero", "mild", "strong", "mixed", "extreme")
+# The regimes the suites cycle through and sample; "extreme" (a few gates of -1e3 .. -inf
+# among mild ones) joins each suite as hand-picked cases instead (`_extreme_gates`).
+CYCLED_GATES = GATES[:4]
 BETAS = ("zero", "one", "random")
 INIT_STATES = ("none", "random")
 
 DTYPE_TAGS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-_GATE_TAGS = {"zero": "gzero", "mild": "", "strong": "gstrong", "mixed": "gmixed"}
+_GATE_TAGS = {"zero": "gzero", "mild": "", "strong": "gstrong", "mixed": "gmixed", "extreme": "gextreme"}
 _BETA_TAGS = {"zero": "beta0", "one": "beta1", "random": ""}
 
 # Up to this many packed lengths are spelled out in the id; longer packs are named by count,
@@ -246,7 +249,7 @@ def _smoke() -> list[Case]:
 def _regimes(n: int, offset: int = 0) -> Iterator[dict]:
     """Gate, beta, init-state and l2norm regimes cycled so that neighbouring cases differ."""
     for i in range(offset, offset + n):
-        yield {"gate": GATES[i % 4], "beta": BETAS[i % 3], "init_state": INIT_STATES[(i // 2) % 2],
+        yield {"gate": CYCLED_GATES[i % len(CYCLED_GATES)], "beta": BETAS[i % 3], "init_state": INIT_STATES[(i // 2) % 2],
                "l2norm": bool((i // 3) % 2)}
 
 
@@ -279,7 +282,16 @@ def _sampled(name: str, axes: dict[str, Sequence], count: int) -> list[Case]:
 
 
 def _regime_axes() -> dict[str, Sequence]:
-    return {"dtype": DTYPES, "gate": GATES, "beta": BETAS, "init_state": INIT_STATES, "l2norm": (False, True)}
+    return {"dtype": DTYPES, "gate": CYCLED_GATES, "beta": BETAS, "init_state": INIT_STATES, "l2norm": (False, True)}
+
+
+def _extreme_gates(model: tuple[int, int, int, int], dense_T: int, packed: tuple[int, ...]) -> list[Case]:
+    """Closed and huge gates mid-chunk, every dtype dense and two packed, with an initial state
+    (so a reset has something to discard)."""
+    H, HV, K, V = model
+    shape = dict(H=H, HV=HV, K=K, V=V, gate="extreme", init_state="random")
+    return ([dense(dense_T, dtype=dtype, **shape) for dtype in DTYPES]
+            + [varlen(packed, dtype=dtype, l2norm=True, **shape) for dtype in ("float32", "bfloat16")])
 
 
 def _cpu(count: int) -> list[Case]:
@@ -297,6 +309,7 @@ def _cpu(count: int) -> list[Case]:
         dense(20, H=1, HV=1, K=16, V=16, dtype="float32", scale=0.5),
         dense(64, H=1, HV=2, K=16, V=16, dtype="float64", gate="zero", beta="zero", init_state="random"),
     ]
+    cases += _extreme_gates((2, 4, 32, 32), 70, (5, 70, 64, 1))
     axes = {
         "shape": [("dense", (T,) * B) for T in (1, 7, 63, 64, 65, 100) for B in (1, 2)]
         + _packed(VARLEN_PATTERNS),
@@ -340,6 +353,7 @@ def _gpu_hand_picked() -> list[Case]:
         dense(129, H=2, HV=4, K=256, V=128, dtype="bfloat16", init_state="random"),
         varlen((2000, 1, 3, 500, 0, 77), H=H, HV=HV, K=K, V=V, dtype="bfloat16", gate="mixed", init_state="random"),
     ]
+    cases += _extreme_gates(model, 300, (5, 0, 700, 64))
     return cases
 
 

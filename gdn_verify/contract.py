@@ -18,6 +18,16 @@ MAX_HEAD_DIM = 256
 # q and k are normalized as x / sqrt(sum(x^2) + L2NORM_EPS) per token and head when asked.
 L2NORM_EPS = 1e-6
 SUPPORTED_DTYPES = ("float64", "float32", "float16", "bfloat16")
+# The lowest log decay a token keeps in the chunked algorithm, per compute dtype. A closed or
+# huge gate (-1e30, -inf) would swallow the later gates of its chunk in their cumulative sum
+# (their differences lose every bit to its magnitude; -inf gives NaN), and the chunk form's
+# error grows with the magnitude of those sums, so the floor is as high as it can be while
+# its decay is invisible in the compute dtype. float64: exp(-750) is exactly 0, so the floor
+# changes nothing. float32: exp(-30) = 9.4e-14 instead of a smaller decay, a millionth of
+# float32's resolution (2^-24); -110 (exactly 0) costs a 3x larger error after such a gate
+# (state 2.0e-5 against 5.7e-6 on the cpu suite's extreme-gate cases). Gates of -30 and above
+# are untouched.
+GATE_FLOOR = {"float64": -750.0, "float32": -30.0}
 
 
 class GDNInputError(ValueError):
@@ -72,11 +82,23 @@ class Problem:
         return self.HV // self.H
 
 
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
 def _check_array(name: str, x, ndim: int, shape_desc: str) -> None:
     if not _is_array(x):
         raise _fail(name, f"a tensor of shape {shape_desc}", type(x).__name__)
     if len(x.shape) != ndim:
         raise _fail(name, f"a {ndim}-D tensor of shape {shape_desc}", f"shape {tuple(x.shape)}")
+
+
+def _finite_float(x) -> bool:
+    """x converts to a finite float (an int beyond float's range does not)."""
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
 
 
 def _cu_seqlens_values(cu_seqlens) -> np.ndarray:
@@ -106,6 +128,12 @@ def validate(
     """
     _check_array("q", q, 4, "[B, T, H, K]")
     B, T, H, K = (int(s) for s in q.shape)
+    if _is_torch(q):
+        # Torch callees (the kernels) use every array argument as a torch tensor.
+        for name, x in (("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state),
+                        ("cu_seqlens", cu_seqlens)):
+            if _is_array(x) and not _is_torch(x):
+                raise _fail(name, "a torch tensor (q is one)", f"{type(x).__module__}.{type(x).__name__}")
     _check_array("k", k, 4, "[B, T, H, K]")
     if tuple(k.shape) != tuple(q.shape):
         raise _fail("k", f"shape {tuple(q.shape)} (same as q)", f"shape {tuple(k.shape)}")
@@ -183,8 +211,10 @@ def validate(
 
     if scale is None:
         scale = K**-0.5
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise _fail("scale", "None or a finite real number", repr(scale))
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not _finite_float(scale):
+        text = repr(scale)
+        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+        raise _fail("scale", "None or a finite real number", shown)
     for name, flag in (("output_final_state", output_final_state), (l2norm_arg, use_qk_l2norm)):
         if not isinstance(flag, bool):
             raise _fail(name, "a bool", repr(flag))

@@ -11,7 +11,9 @@ Ranges follow what a serving model feeds the kernel:
   the delta rule's update I - beta k k^T expand and the state blow up, which no model does.
 * v: standard normal.
 * g (float32, log-space decay): zero = 0; mild = uniform in [-0.1, 0]; strong = uniform in
-  [-30, -1] per token; mixed = each element zero, mild or strong (1 : 2 : 1).
+  [-30, -1] per token; mixed = each element zero, mild or strong (1 : 2 : 1); extreme = mild,
+  but about one element in 15 and the middle token of every sequence (value head 0) closed
+  or huge: -1e3, -1e4, -1e30 or -inf (a hard reset of the head's state mid-chunk).
 * beta (case dtype, as a model's sigmoid output would be): zero = 0, one = 1, random =
   sigmoid(normal), in (0, 1).
 * initial state (float32, float64 in exact mode): standard normal, which is non-symmetric
@@ -37,6 +39,7 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 MILD_GATE_MIN = -0.1
 STRONG_GATE_RANGE = (-30.0, -1.0)
+EXTREME_GATES = (-1e3, -1e4, -1e30, -float("inf"))
 
 
 def _uniform(shape, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
@@ -55,7 +58,23 @@ def _gate(case: Case, shape, gen: torch.Generator) -> torch.Tensor:
         return mild
     if case.gate == "strong":
         return strong
+    if case.gate == "extreme":
+        return _extreme(case, mild, strong)
     return torch.where(choice == 0, 0.0, torch.where(choice == 3, strong, mild))
+
+
+def _extreme(case: Case, mild: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+    """Mild gates with extreme ones placed by the strong stream: where a strong value falls below
+    -28, one of EXTREME_GATES chosen by its next digit; and the middle token of each sequence on
+    value head 0, so that every sequence of one or more tokens meets one."""
+    extremes = torch.tensor(EXTREME_GATES)
+    pick = torch.remainder(torch.floor(strong * 8), len(EXTREME_GATES)).long()
+    g = torch.where(strong < -28.0, extremes[pick], mild)
+    for n, length in enumerate(case.seq_lens):
+        if length:
+            row, start = (n, 0) if case.layout == "dense" else (0, case.cu_seqlens[n])
+            g[row, start + length // 2, 0] = extremes[n % len(EXTREME_GATES)]
+    return g
 
 
 def _beta(case: Case, shape, gen: torch.Generator) -> torch.Tensor:

@@ -5,6 +5,9 @@
   (for a case of one sequence: inside a packed batch with two filler sequences around it);
 * split equivalence: the same sequence run as two calls chained through the final state
   agrees with the float64 reference within the case's tolerance;
+* causality: other data at a sequence's tokens >= t changes no bit of its outputs before t,
+  nor any bit of the other sequences' outputs (finite data: a NaN or Inf in a chunk reaches
+  every output of that chunk through the chunk form's matrix products, 0 * NaN being NaN);
 * stage diagnosis (chunk kernel only, after a failure): the kernel's stage intermediates
   against the chunked reference's, in STAGES.md order; the first stage beyond the case's
   tolerance is named.
@@ -25,7 +28,7 @@ from gdn_verify.compare import TENSORS, compare_tensor, rms_ratio, tolerance
 from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
 from gdn_verify.inputs import make_inputs
 
-INVARIANTS = ("determinism", "batch-invariance", "split-equivalence")
+INVARIANTS = ("determinism", "batch-invariance", "split-equivalence", "causality")
 STAGES = ("g_cum", "A", "Tm", "W", "U", "h", "v_new", "o", "final_state")
 # Filler sequences around a lone sequence when the case has no other: a partial chunk before
 # it (so it starts mid-block) and a short one after.
@@ -183,6 +186,36 @@ def split_equivalence(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
                            {t: c.to_json() for t, c in checks.items()})
 
 
+def causality(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+              outputs: dict[str, torch.Tensor]) -> InvariantResult:
+    n = subject_index(case)
+    b, s, e = token_range(case, n)
+    L = e - s
+    if L < 2:
+        return InvariantResult("causality", True, f"not applicable: sequence {n} has {L} token(s)")
+    t = split_point(L)
+    # Other tokens from the same case drawn with another seed: the same dtypes, ranges and regimes.
+    other = make_inputs(case.with_(seed=case.seed + 1))
+    changed = dict(inputs)
+    for name in _TOKEN_TENSORS:
+        changed[name] = inputs[name].clone()
+        changed[name][b, s + t:e] = other[name][b, s + t:e].to(inputs[name].device)
+    got = _run(impl, case, changed)
+    # Everything but sequence n's outputs from token t on, and its final state.
+    keep_o = torch.ones(outputs["o"].shape[:2], dtype=torch.bool, device=outputs["o"].device)
+    keep_o[b, s + t:e] = False
+    keep_state = torch.ones(outputs["final_state"].shape[0], dtype=torch.bool, device=outputs["o"].device)
+    keep_state[n] = False
+    diffs = {"o": bit_diff(got["o"][keep_o], outputs["o"][keep_o]),
+             "final_state": bit_diff(got["final_state"][keep_state], outputs["final_state"][keep_state])}
+    changed_text = [f"{name}: {d.summary()}" for name, d in diffs.items() if not d.equal]
+    what = (f"sequence {n}'s tokens {t}..{L - 1} replaced: its outputs before token {t} and the other "
+            "sequences' outputs")
+    return InvariantResult("causality", not changed_text,
+                           "; ".join(changed_text) + f" ({what} changed)" if changed_text else f"{what}: bitwise equal",
+                           {name: d.to_json() for name, d in diffs.items()})
+
+
 def check_invariants(names, impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
                      outputs: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None,
                      backend: str) -> list[InvariantResult]:
@@ -194,6 +227,8 @@ def check_invariants(names, impl: Impl, case: Case, inputs: dict[str, torch.Tens
             results.append(batch_invariance(impl, case, inputs, outputs))
         elif name == "split-equivalence" and reference is not None:
             results.append(split_equivalence(impl, case, inputs, reference, backend))
+        elif name == "causality":
+            results.append(causality(impl, case, inputs, outputs))
     return results
 
 

@@ -90,8 +90,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "block-size-from-t",
         "block size derived from T for short batches (BT = next_power_of_2(T) below 64)",
-        (Edit("cumsum.py", "seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr):",
-              "seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr, BT: tl.constexpr):"),
+        (Edit("cumsum.py", "                  FLOOR: tl.constexpr):",
+              "                  FLOOR: tl.constexpr, BT: tl.constexpr):"),
          Edit("cumsum.py", "rows = tl.arange(0, CHUNK)", "rows = tl.arange(0, BT)"),
          Edit("cumsum.py", "BLOCK_HV=triton.next_power_of_2(HV),",
               "BLOCK_HV=triton.next_power_of_2(HV), BT=min(CHUNK.value, triton.next_power_of_2(g.shape[1])),")),

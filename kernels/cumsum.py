@@ -1,10 +1,16 @@
-"""Stage 1: gam, the inclusive cumulative sum of the log decay g inside each chunk."""
+"""Stage 1: gam, the inclusive cumulative sum of the log decay g inside each chunk.
+
+Each gate is first raised to the compute dtype's floor (`GATE_FLOOR`): below it the decay is
+exactly 0 anyway, and the sums after it keep their precision.
+"""
 
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from gdn_verify.contract import GATE_FLOOR
 
 from ._alloc import new_output
 from ._common import CHUNK
@@ -16,7 +22,8 @@ NUM_WARPS = 2
 
 
 @triton.jit
-def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr):
+def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr,
+                  FLOOR: tl.constexpr):
     """One program per chunk, all value heads: the chunk's [len, HV] gates are contiguous."""
     chunk = tl.program_id(0)
     t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
@@ -25,6 +32,7 @@ def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chun
     mask = (rows < length)[:, None] & (heads < HV)[None, :]
     offsets = (t0 + rows)[:, None] * HV + heads[None, :]
     g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(g_cum_ptr.dtype.element_ty)
+    g = tl.where(g < FLOOR, FLOOR, g)  # a comparison, not a max: NaN stays NaN
     tl.store(g_cum_ptr + offsets, tl.cumsum(g, axis=0), mask=mask)
 
 
@@ -35,5 +43,6 @@ def cumsum(g: torch.Tensor, chunks: ChunkMap, acc_dtype: torch.dtype) -> torch.T
     if chunks.n_chunks:
         HV = g.shape[2]
         launch(cumsum_kernel, (chunks.n_chunks,), g, g_cum, *chunks.span_args, HV,
-               BLOCK_HV=triton.next_power_of_2(HV), num_warps=NUM_WARPS)
+               BLOCK_HV=triton.next_power_of_2(HV), FLOOR=GATE_FLOOR[str(acc_dtype).removeprefix("torch.")],
+               num_warps=NUM_WARPS)
     return g_cum

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gdn_verify.contract import GATE_FLOOR
+
 from ._sequences import PaddedLayout, prepare
 
 CHUNK_SIZE = 64
@@ -76,7 +78,7 @@ def chunked_gated_delta_rule(
         return layout.unpad(rows).reshape(p.B, p.T, *rows.shape[2:])
 
     q, k, v, g, beta = (to_chunks(t) for t in (x.q, x.k, x.v, x.g, x.beta))
-    gam = g.cumsum(-1)  # [N, NC, HV, C]
+    gam = g.clamp_min(GATE_FLOOR["float64"]).cumsum(-1)  # [N, NC, HV, C]; clamp: see GATE_FLOOR
     i = torch.arange(C, device=device)
     strictly_lower, causal = i[:, None] > i[None, :], i[:, None] >= i[None, :]
 

@@ -419,3 +419,21 @@ def test_bad_input_raises_before_any_launch(name: str, args: dict, message: str,
     for entry in (chunk_gated_delta_rule, chunk_gated_delta_rule_intermediates):
         with pytest.raises(ValueError, match=message):
             entry(**args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's dot path")
+def test_interpreted_dots_call_no_blas(monkeypatch):
+    """Under the interpreter every kernel dot is our fixed-order sum: numpy.matmul (OpenBLAS,
+    whose summation order follows the CPU model and thread count) is never called."""
+    import numpy
+    from triton.runtime import interpreter
+
+    def no_blas(*args, **kwargs):
+        raise AssertionError("numpy.matmul called: a kernel dot went through BLAS")
+
+    monkeypatch.setattr(interpreter.np, "matmul", no_blas)
+    assert numpy.matmul is no_blas  # the interpreter's `np` is NumPy itself
+    for dtype in ("float32", "bfloat16", "float64"):
+        case = _varlen((5, 70), H=1, HV=2, K=32, V=32, dtype=dtype, init_state="random", l2norm=True)
+        o, state = chunk_gated_delta_rule(**case_kwargs(make_inputs(case), case, "cpu"), use_qk_l2norm_in_kernel=True)
+        assert torch.isfinite(o.float()).all() and torch.isfinite(state).all()
