@@ -20,6 +20,12 @@ the inputs to its conventions and its outputs back:
 * keyword_tensors: q, k, v, g, beta passed by keyword (when the positional order differs);
   cu_seqlens_dtype: the integer dtype it documents for cu_seqlens.
 
+Calling an adapter guards the harness against the implementation: it gets copies of its
+arguments, each compared bit for bit with the original after the call, and its outputs must
+be what the contract promises (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] in
+float32, float64 in exact mode, both on the inputs' device). A breach raises
+`ContractViolation`, which fails the case with what was broken.
+
 Every conversion is a permutation, a reshape or an integer widening, so it is exact, with two
 documented exceptions that round an input once: alpha = exp(g) is computed in float64 and
 rounded to g's dtype, and "outside" l2norm is computed in float64 and rounds q and k to their
@@ -74,6 +80,15 @@ class NotSupported(Exception):
     """The implementation, as declared, cannot run this case: the message says what it lacks."""
 
 
+class ContractViolation(Exception):
+    """The implementation broke the contract of a call: wrote into an input, or returned
+    outputs of another dtype, shape or device. `problems` says what, one line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
 def gdn_args(inputs: dict[str, torch.Tensor]) -> tuple:
     """q, k, v, g, beta of a case's inputs, in the common signature's order."""
     return tuple(inputs[name] for name in TOKEN_TENSORS)
@@ -119,6 +134,61 @@ def _custom_scale(scale: float | None, K: int) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------
+# The guard: inputs unchanged, outputs as promised
+# ----------------------------------------------------------------------------------------
+
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b hold the same bits (NaNs included) in the same dtype, shape and device."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    if a.is_floating_point() and a.element_size() in _SAME_SIZE_INT:
+        a, b = a.view(_SAME_SIZE_INT[a.element_size()]), b.view(_SAME_SIZE_INT[b.element_size()])
+    return torch.equal(a, b)
+
+
+def _copy(x):
+    return x.clone() if isinstance(x, torch.Tensor) else x
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def output_problems(inputs: dict[str, torch.Tensor], o, final_state) -> list[str]:
+    """How the outputs of a call on `inputs` (the suite's conventions) break the contract:
+    o [B, T, HV, V] in v's dtype and final_state [N, HV, K, V] in float32 (float64 when the
+    inputs are: exact mode), both on the inputs' device."""
+    q, v, cu = inputs["q"], inputs["v"], inputs.get("cu_seqlens")
+    B, T, _, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = B if cu is None else len(cu) - 1
+    exact = v.dtype == torch.float64
+    expected = (("o", o, (B, T, HV, V), "[B, T, HV, V]", v.dtype, "v's dtype"),
+                ("final_state", final_state, (N, HV, K, V), "[N, HV, K, V]",
+                 torch.float64 if exact else torch.float32,
+                 "exact mode: float64 inputs" if exact else "float32 whatever the input dtype; float64 in exact mode"))
+    problems = []
+    for name, t, shape, dims, dtype, why in expected:
+        if t is None:
+            problems.append(f"{name}: the implementation returned None (output_final_state=True was passed)"
+                            if name == "final_state" else f"{name}: the implementation returned None")
+            continue
+        if not isinstance(t, torch.Tensor):
+            problems.append(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            continue
+        if tuple(t.shape) != shape:
+            problems.append(f"{name}: shape {tuple(t.shape)}, expected {shape} = {dims}")
+        if t.dtype != dtype:
+            problems.append(f"{name}: dtype {_dtype(t.dtype)}, expected {_dtype(dtype)} ({why})")
+        if t.device != v.device:
+            problems.append(f"{name}: device {t.device}, expected {v.device} (the inputs' device)")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------
 # Conversions (exact, except the two documented input roundings)
 # ----------------------------------------------------------------------------------------
 
@@ -151,7 +221,21 @@ class PreparedCall:
     restore: Callable[[object], tuple[torch.Tensor, torch.Tensor | None]]
 
     def run(self, fn: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The call as prepared, unguarded (what a benchmark times)."""
         return self.restore(fn(*self.args, **self.kwargs))
+
+    def run_guarded(self, fn: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The call on copies of the arguments; raises ContractViolation naming every
+        argument the implementation wrote into."""
+        args, kwargs = tuple(_copy(x) for x in self.args), {k: _copy(x) for k, x in self.kwargs.items()}
+        result = fn(*args, **kwargs)
+        # Positional tensors are always the token tensors, in TOKEN_TENSORS order.
+        given = list(zip(TOKEN_TENSORS, self.args, args)) + [(k, self.kwargs[k], kwargs[k]) for k in self.kwargs]
+        modified = [name for name, original, copy in given
+                    if isinstance(original, torch.Tensor) and not same_bits(original, copy)]
+        if modified:
+            raise ContractViolation([f"implementation modified its input {name}" for name in modified])
+        return self.restore(result)
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,8 +341,13 @@ class Adapter:
 
     def __call__(self, case: Case, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(o, final_state) in the suite's conventions; raises NotSupported (before calling the
-        implementation) when these inputs need something it lacks."""
-        return self.prepare(case, inputs).run(self.fn)
+        implementation) when these inputs need something it lacks, and ContractViolation when
+        the implementation wrote into its inputs or returned outputs the contract does not allow."""
+        o, final_state = self.prepare(case, inputs).run_guarded(self.fn)
+        problems = output_problems(inputs, o, final_state)
+        if problems:
+            raise ContractViolation(problems)
+        return o, final_state
 
     def prepare(self, case: Case, inputs: dict[str, torch.Tensor]) -> PreparedCall:
         """The converted arguments of one call (what a benchmark times), after the support check."""
@@ -310,7 +399,15 @@ class Adapter:
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
             raise TypeError(f"{self.spec}: expected (o, final_state) from the implementation, got {type(result).__name__}")
         o, final_state = result
+        for name, t in (("o", o), ("final_state", final_state)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise ContractViolation([f"{name}: expected a torch.Tensor, got {type(t).__name__}"])
+        if o is None:
+            raise ContractViolation(["o: the implementation returned None"])
         if self.layout == "packed":
+            if o.ndim < 1 or o.shape[0] != B * T:
+                raise ContractViolation([f"o: shape {tuple(o.shape)}, expected [T, HV, V] with T = {B * T} "
+                                         "(declared layout packed)"])
             o = o.reshape(B, T, *o.shape[1:])
         if final_state is not None and self.state_layout == "vk":
             final_state = final_state.transpose(-1, -2).contiguous()

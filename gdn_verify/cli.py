@@ -1,10 +1,12 @@
 """The `gdn-verify` command.
 
-    gdn-verify run --suite S --impl I --device D [--goldens DIR] [--json PATH] [--markdown PATH]
-                   [--repro-dir DIR] [--cases PATTERN] [--max-cases N] [--jax]
+    gdn-verify run --suite S --impl I --device D [--goldens DIR [--require-goldens]] [--json PATH]
+                   [--markdown PATH] [--repro-dir DIR] [--cases PATTERN] [--max-cases N] [--jax]
+                   [--case-timeout SECONDS]
     gdn-verify cases --suite S [--cases PATTERN] [--max-cases N]
     gdn-verify golden regen --suite S --goldens DIR [--force] [--prune] [--max-golden-bytes N]
-    gdn-verify golden diff --suite S --goldens DIR
+                            [--case-timeout SECONDS]
+    gdn-verify golden diff --suite S --goldens DIR [--case-timeout SECONDS]
     gdn-verify selfcheck
     gdn-verify mutate [--suite S] [--cases PATTERN] [--mutant NAME ...] [--goldens DIR] [--json PATH]
     gdn-verify compare --impl A [convention flags] --impl B ... --suite S [--device D] [--json PATH]
@@ -18,8 +20,16 @@
 to the first).
 
 Exit codes: 0 every check passed; 1 a check failed or a bitwise diff against the goldens (or a
-`golden regen` stopped by SIGTERM / SIGINT before its last case, having written the goldens of
-the cases that passed); 2 usage or setup error (bad arguments, unknown suite or implementation, unreadable goldens).
+run or `golden regen` stopped by SIGTERM / SIGINT before its last case: the reports hold the
+cases done, and regen has written the goldens of the cases that passed; a regen in which any
+case failed or errored); 2 usage or setup error (bad arguments, a selection of no case, unknown
+suite or implementation, unreadable goldens, a report that cannot be written, and, where a
+bitwise comparison is required, none possible: `run --require-goldens` or `golden diff` with no
+store for this platform or cases without a golden, when no check failed).
+
+No silent pass: a `run --goldens` that compared nothing, or fewer cases than it ran, says so in
+its headline ("no bitwise comparison", "k of n cases compared bit for bit"); with
+--require-goldens (what the gate passes) it exits 2 instead of 0.
 
 On the CPU the kernels run in Triton's interpreter, which `@triton.jit` decides when a kernel
 is decorated, so TRITON_INTERPRET=1 is set here before anything imports the kernels; runs
@@ -30,10 +40,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
 from typing import Sequence
+
+from gdn_verify.platform import pin_cpu_dispatch
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 
@@ -74,9 +87,51 @@ def _cases(args):
     from gdn_verify.cases import select, suite
 
     try:
-        return select(suite(args.suite), args.cases, args.max_cases)
+        cases = select(suite(args.suite), args.cases, args.max_cases)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    if not cases:  # nothing to check is never a pass
+        raise CLIError(f"--cases {args.cases!r} matches no case of suite {args.suite} ({len(suite(args.suite))} "
+                       f"cases; list their ids with `gdn-verify cases --suite {args.suite}`)")
+    return cases
+
+
+def _seconds(text: str) -> float:
+    """--case-timeout: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _write_reports(writes) -> list[str]:
+    """Write each (flag, path, writer) whose path is set; one line per report that could not
+    be written (the others are still written)."""
+    problems = []
+    for flag, path, write in writes:
+        if not path:
+            continue
+        try:
+            write(path)
+        except OSError as exc:
+            problems.append(f"{flag} {path}: cannot write the report ({exc.strerror or exc})")
+    for problem in problems:
+        print(f"gdn-verify: error: {problem}", file=sys.stderr)
+    return problems
+
+
+def _missing_goldens(result, args) -> str | None:
+    """Why a run with goldens compared fewer cases bit for bit than it ran, or None."""
+    missing = result.totals["golden_missing"]
+    if not missing:
+        return None
+    _, ran = result.golden_coverage
+    return (f"{missing} of {ran} cases have no golden in {result.goldens['root']} "
+            f"(platform {result.goldens['platform_key']}), so they were not compared bit for bit; write them with "
+            f"`gdn-verify golden regen --suite {args.suite} --goldens {args.goldens}` on this platform")
 
 
 class _ImplAction(argparse.Action):
@@ -177,63 +232,78 @@ def cmd_run(args) -> int:
     from gdn_verify.report import print_summary, write_json, write_markdown
     from gdn_verify.runner import RunOptions
 
+    if args.require_goldens and args.goldens is None:
+        raise CLIError("--require-goldens: needs --goldens DIR (the store to compare with)")
     device = _device(args.device, pin_threads=args.goldens is not None)
     cases = _cases(args)
     impl = _impl(args.impl, device)
-    options = RunOptions(jax=args.jax, goldens=args.goldens, repro_dir=args.repro_dir, audit=not args.no_audit)
-    result, console = _run_with_progress(args, cases, impl, device, options)
+    options = RunOptions(jax=args.jax, goldens=args.goldens, require_goldens=args.require_goldens,
+                         repro_dir=args.repro_dir, audit=not args.no_audit, case_timeout=args.case_timeout)
+    # SIGTERM / SIGINT stop the run between or inside cases; the reports still hold what ran.
+    with _stop_on_signals():
+        result, console = _run_with_progress(args, cases, impl, device, options)
     print_summary(result, console)
-    if args.json:
-        write_json(result, args.json)
-    if args.markdown:
-        write_markdown(result, args.markdown)
-    return EXIT_PASS if result.passed else EXIT_FAIL
+    if _write_reports((("--json", args.json, lambda p: write_json(result, p)),
+                       ("--markdown", args.markdown, lambda p: write_markdown(result, p)))):
+        return EXIT_SETUP
+    if not result.passed:
+        return EXIT_FAIL
+    missing = _missing_goldens(result, args) if args.require_goldens else None
+    if missing:
+        print(f"gdn-verify: error: --require-goldens: {missing}", file=sys.stderr)
+        return EXIT_SETUP
+    return EXIT_PASS
 
 
 def cmd_golden_regen(args) -> int:
     from gdn_verify.goldens import GoldenError, regenerate
-    from gdn_verify.runner import STATUS_PASS, RunOptions
+    from gdn_verify.runner import INTERRUPTED, STATUS_NOT_SUPPORTED, STATUS_PASS, RunOptions
 
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
     impl = _impl(args.impl, device)
     # Goldens are the outputs of passing runs only: a case that fails its reference check
     # is reported and never written.
-    options = RunOptions(invariants=(), diagnose=False, audit=False)
-    passing, failed = [], []
+    options = RunOptions(invariants=(), diagnose=False, audit=False, case_timeout=args.case_timeout)
+    passing = []
 
     def keep(result, outputs):
         if result.status == STATUS_PASS:
             passing.append((result.case, result.inputs_digest, {k: t.detach().cpu() for k, t in outputs.items()}))
-        else:
-            failed.append(result)
 
     # Stopped by a wall-clock limit (a GPU session's compile-bound shards), the run still writes
     # the goldens of the cases that passed before it: each is complete and checked, and the
     # store is updated in one atomic step as always. Only --prune waits for a whole run.
-    interrupted = False
+    results = []
     try:
         with _stop_on_signals():
             result, console = _run_with_progress(args, cases, impl, device, options, on_outputs=keep)
-        fp = result.fingerprint
-    except KeyboardInterrupt:
+        fp, interrupted, results = result.fingerprint, result.interrupted, result.cases
+    except KeyboardInterrupt:  # stopped outside the cases (before the first, or while reporting)
         from gdn_verify.platform import fingerprint
         from gdn_verify.report import make_console
 
         interrupted, fp, console = True, fingerprint(device), make_console()
+    done = [r for r in results if r.failures != [INTERRUPTED]]
+    done_ids = {r.id for r in done}
+    bad = [r for r in done if r.status not in (STATUS_PASS, STATUS_NOT_SUPPORTED)]
+    not_passed = [(r.id, f"{r.status}: {'; '.join(r.failures)}") for r in bad]
+    not_passed += [(c.id, "not run: interrupted") for c in cases if c.id not in done_ids]
+    # Pruning removes the goldens of cases not in this run: the store prunes only after a whole
+    # suite in which every case passed, and says why otherwise.
     try:
-        regen = regenerate(args.goldens, fp, passing, force=args.force, prune=args.prune and not interrupted,
+        regen = regenerate(args.goldens, fp, passing, force=args.force, prune=args.prune,
+                           whole_suite=args.cases is None and args.max_cases is None, not_passed=not_passed,
+                           skipped=[r.id for r in done if r.status == STATUS_NOT_SUPPORTED],
                            max_tensor_bytes=args.max_golden_bytes)
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     console.print(regen.rich_table())
-    for r in failed:
-        console.print(f"not written ({r.status}): {r.id}: {'; '.join(r.failures)}", markup=False, highlight=False)
     if interrupted:
-        console.print(f"interrupted after {len(passing) + len(failed)} of {len(cases)} cases: the goldens of the "
+        console.print(f"interrupted after {len(done)} of {len(cases)} cases: the goldens of the "
                       f"{len(passing)} that passed are written, the other cases were not run"
                       + ("; --prune not applied" if args.prune else ""), markup=False, highlight=False)
-    return EXIT_FAIL if failed or interrupted else EXIT_PASS
+    return EXIT_FAIL if regen.incomplete or interrupted else EXIT_PASS
 
 
 def cmd_golden_diff(args) -> int:
@@ -245,8 +315,10 @@ def cmd_golden_diff(args) -> int:
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
     impl = _impl(args.impl, device)
-    options = RunOptions(reference=False, invariants=(), diagnose=False, audit=False, goldens=args.goldens)
-    result, console = _run_with_progress(args, cases, impl, device, options)
+    options = RunOptions(reference=False, invariants=(), diagnose=False, audit=False, goldens=args.goldens,
+                         case_timeout=args.case_timeout)
+    with _stop_on_signals():
+        result, console = _run_with_progress(args, cases, impl, device, options)
     if result.goldens["status"] == "not comparable":
         raise CLIError(f"nothing to diff against:\n{result.goldens['detail']}")
     table = Table(title=f"golden diff: {args.suite} / {impl.spec} vs {result.goldens['platform_key']}")
@@ -258,7 +330,13 @@ def cmd_golden_diff(args) -> int:
     console.print(table)
     for hint in digest_only_hints(result.cases):
         console.print(f"hint: {hint}", markup=False, highlight=False)
-    return EXIT_FAIL if any(r.golden.unexpected or r.status == "error" for r in result.cases) else EXIT_PASS
+    if result.interrupted or any(r.golden.unexpected or r.status == "error" for r in result.cases):
+        return EXIT_FAIL
+    # A diff is a bitwise check by definition: a case without golden was not checked.
+    missing = _missing_goldens(result, args)
+    if missing:
+        raise CLIError(f"golden diff: {missing}")
+    return EXIT_PASS
 
 
 def cmd_mutate(args) -> int:
@@ -311,10 +389,9 @@ def cmd_compare(args) -> int:
         comparison = compare_impls(adapters, cases, device, options, suite=args.suite, bench=args.bench,
                                    time_budget_s=args.time_budget, unavailable=unavailable, on_case=progress)
     print_comparison(comparison, console)
-    if args.json:
-        write_json(comparison, args.json)
-    if args.markdown:
-        write_comparison_markdown(comparison, args.markdown)
+    if _write_reports((("--json", args.json, lambda p: write_json(comparison, p)),
+                       ("--markdown", args.markdown, lambda p: write_comparison_markdown(comparison, p)))):
+        return EXIT_SETUP
     return EXIT_PASS if comparison.passed else EXIT_FAIL
 
 
@@ -391,15 +468,24 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
         _conventions(p)
 
+    def timeout(p):
+        p.add_argument("--case-timeout", type=_seconds, metavar="SECONDS",
+                       help="a case still running after this many seconds is an error (\"timed out\") and the "
+                            "run goes on; interrupts Python-level hangs (SIGALRM), not a call stuck in C code")
+
     p = sub.add_parser("run", help="check an implementation on a suite")
     selection(p)
     execution(p)
     p.add_argument("--goldens", metavar="DIR", help="compare outputs bit for bit with the goldens under DIR")
+    p.add_argument("--require-goldens", action="store_true",
+                   help="with --goldens: exit 2 unless every case that runs is compared bit for bit (no store "
+                        "for this platform: before any case runs; cases without a golden: after the run)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write a Markdown summary for a pull request")
     p.add_argument("--repro-dir", metavar="DIR", help="write a standalone reproducer for each failing case")
     p.add_argument("--jax", action="store_true", help="also check the torch reference against the JAX one")
     p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit")
+    timeout(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="several implementations over the same cases, one side-by-side report")
@@ -425,17 +511,21 @@ def _parser() -> argparse.ArgumentParser:
     execution(p)
     p.add_argument("--goldens", metavar="DIR", required=True)
     p.add_argument("--force", action="store_true", help="also rewrite existing goldens (prints what changes)")
-    p.add_argument("--prune", action="store_true", help="remove goldens of cases not in this run")
+    p.add_argument("--prune", action="store_true",
+                   help="remove goldens of cases not in this run; applied only when the whole suite (no --cases, "
+                        "no --max-cases) ran to its end with every case passing")
     p.add_argument("--max-golden-bytes", type=byte_size, metavar="N",
                    help="store tensors over N bytes (e.g. 65536, 64K, 1G) as their sha256 and summary numbers only, "
                         "without ULP statistics; the store records N for later writers (default: the store's "
                         "recorded cap; for a new store " + ", ".join(
                             f"{n // 1024}K on {backend}" for backend, n in DEFAULT_MAX_TENSOR_BYTES.items()) + ")")
+    timeout(p)
     p.set_defaults(func=cmd_golden_regen)
     p = golden.add_parser("diff", help="bitwise diff of current outputs against the goldens, writing nothing")
     selection(p)
     execution(p)
     p.add_argument("--goldens", metavar="DIR", required=True)
+    timeout(p)
     p.set_defaults(func=cmd_golden_diff)
 
     p = sub.add_parser("selfcheck", help="check the references against each other")
@@ -456,6 +546,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pin_cpu_dispatch(reexec=["-m", "gdn_verify", *sys.argv[1:]] if argv is None else None)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)

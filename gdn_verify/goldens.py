@@ -5,6 +5,7 @@ Layout (goldens are committed to git, so everything is small and diff-friendly):
     <root>/<platform_key>/manifest.json
     <root>/<platform_key>/<case_id>.<content12>.safetensors   (tensors "o", "final_state")
     <root>/<platform_key>/.lock                                (writers' lock; not data)
+    <root>/<platform_key>/.pending                             (only while a write is under way)
 
 The manifest (sorted JSON, one line per case) is the store's table of contents:
 
@@ -29,14 +30,24 @@ they pass another; a writer re-stores the entries whose bits it reproduces so th
 entry follows the store's cap.
 
 Why file names carry a content hash: a tensor file is never modified in place. A writer
-writes the new files under new names, then replaces the manifest (one os.replace), then
-removes the files no manifest entry names any more. A crash at any point leaves the old
-manifest with every file it names intact (plus, at worst, orphan files the next writer
-removes), so the store always loads the state of the last completed write.
+records the names of the files it is about to write in `.pending`, writes them (each through
+`.tmp-<name>`), replaces the manifest (one os.replace), removes the files the old manifest
+named and the new one does not, then removes `.pending`. A crash at any point leaves the old
+manifest with every file it names intact (plus, at worst, orphan files that the next writer
+removes because `.pending` names them), so the store always loads the state of the last
+completed write.
+
+The store reads and deletes only its own files: a golden file's name is one path component
+ending in ".safetensors" (no directories, no absolute paths, no hidden names), it is opened
+without following symlinks and must be a regular file, and `.lock` must not be a symlink. A
+writer deletes only files that the manifest it replaces or its `.pending` record names, and
+the temp files of those names; any other file in the directory (a user's backup) stays.
 
 Writers hold an exclusive fcntl.flock on `.lock`; readers take no lock (the manifest is
-replaced atomically and the files it names are immutable). A reader opened before a
-regeneration that replaced a case may find that case's old file gone ("missing"): reopen.
+replaced atomically and the files it names are immutable), so a run that reads for hours
+never blocks a writer. A reader opened before a regeneration that replaced a case finds that
+case's old file gone: it rereads the manifest and says that the store changed while it read
+it, or that a writer holds the lock now, rather than only "missing".
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +77,8 @@ from gdn_verify.platform import CUDA_BACKEND, INTERPRETER_BACKEND, describe, pla
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
+PENDING_FILE = ".pending"  # JSON list of the file names a writer is about to write
+GOLDEN_SUFFIX = ".safetensors"
 FORMAT = 2
 STORED_FILE, STORED_DIGEST = "file", "digest"
 _KIB = 1024
@@ -150,27 +163,110 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path so that path holds either its old content or all of data."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    """Write data to path so that path holds either its old content or all of data. The temp
+    file's name derives from path's (`.tmp-<name>`), so that a later writer knows it for the
+    store's own; only a writer holding the store lock calls this, so the name is not shared."""
+    tmp = path.with_name(_TMP_PREFIX + path.name)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide goldens from other users
+            os.fchmod(f.fileno(), 0o644)  # the umask must not hide goldens from other users
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(tmp).st_mode):
+                os.unlink(tmp)
         raise
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of path, which must be a regular file and not a symlink. OSError otherwise:
+    ELOOP for a symlink (never followed), EINVAL for a directory, FIFO or device (never
+    read: a FIFO would block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return f.read()
+
+
+def _read_problem(err: OSError) -> str:
+    """Why a store file could not be read, as the end of a sentence."""
+    if err.errno == errno.ELOOP:
+        return "is a symlink; the store reads only its own regular files, never through a symlink"
+    if err.errno == errno.EINVAL:
+        return "is not a regular file"
+    return f"cannot be read: {err.strerror or err}"
+
+
+def _file_name_problem(name) -> str | None:
+    """Why name cannot be a golden file's name in a manifest (None when it can). Golden files
+    lie directly in the store's directory: a name is one path component, not hidden (the
+    store's own lock, record and temp files are), ending in GOLDEN_SUFFIX."""
+    if not isinstance(name, str):
+        return f"is {_kind(name)}, expected a file name"
+    if os.path.isabs(name):
+        return "is an absolute path; golden files lie in the store's directory"
+    if "/" in name or ".." in name or "\\" in name or "\0" in name:
+        return "leaves the store's directory ('/', '..'); golden files lie directly in it"
+    if name.startswith(".") or not name.endswith(GOLDEN_SUFFIX) or name == GOLDEN_SUFFIX:
+        return f"is not a golden file name (<case id>.<content digest>{GOLDEN_SUFFIX})"
+    return None
+
+
+def _kind(value) -> str:
+    """A JSON value's type and (shortened) value, for messages."""
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _delete_own(path: Path, deleted: list[str] | None) -> None:
+    """Remove path if it is a regular file (a symlink or directory is not the store's), and
+    note its name in deleted."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return
+        path.unlink()
+    except FileNotFoundError:
+        return
+    if deleted is not None:
+        deleted.append(path.name)
+
+
+def _open_lock(lock_path: Path, flags: int) -> int:
+    """A descriptor of the lock file; GoldenError if it is a symlink or not a regular file
+    (a symlink would make the writer create or lock a file outside the store)."""
+    try:
+        fd = os.open(lock_path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise GoldenError(f"{lock_path}: the store's lock file is a symlink; the store never follows one "
+                              "(remove it: the next writer creates a plain file)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GoldenError(f"{lock_path}: the store's lock file is not a regular file; remove it")
+    return fd
 
 
 @contextlib.contextmanager
 def store_lock(directory: Path, timeout_s: float = 600.0) -> Iterator[None]:
-    """Exclusive writer lock on <directory>/.lock (waits up to timeout_s, then GoldenError)."""
+    """Exclusive writer lock on <directory>/.lock (waits up to timeout_s, then GoldenError;
+    GoldenError at once if .lock is a symlink or not a regular file)."""
     directory.mkdir(parents=True, exist_ok=True)
     lock_path = directory / LOCK_FILE
-    with open(lock_path, "a+") as lock:
+    fd = _open_lock(lock_path, os.O_RDWR | os.O_CREAT)
+    with os.fdopen(fd, "rb+", buffering=0) as lock:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -191,29 +287,65 @@ def store_lock(directory: Path, timeout_s: float = 600.0) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def _writer_holds_lock(directory: Path) -> bool:
+    """Whether a writer holds the store's lock now (a shared lock taken and dropped at once;
+    a missing, symlinked or unreadable lock file counts as not held)."""
+    try:
+        fd = _open_lock(directory / LOCK_FILE, os.O_RDONLY)
+    except (GoldenError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno in (errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # also drops the shared lock
+    return False
+
+
+_RESTORE = "restore it from git or regenerate"
+# The manifest's top-level keys that readers use, and the JSON types they must have.
+_MANIFEST_TYPES = {"platform_key": (str, "a string"), "fingerprint": (dict, "an object"),
+                   "max_tensor_bytes": (int, "an integer >= 0"), "cases": (dict, "an object {case id: entry}")}
+
+
 def _read_manifest(directory: Path) -> dict | None:
-    """The parsed manifest, None if there is none; GoldenError if it does not parse."""
+    """The parsed manifest, None if there is none; GoldenError, naming the file and what is
+    wrong, if it cannot be read, is not UTF-8 JSON, or its top-level keys lack or have the
+    wrong types (entries are checked when used: `PlatformGoldens.entry`)."""
     path = directory / MANIFEST
     try:
-        text = path.read_text()
+        data = _read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise GoldenError(f"{path}: cannot read the golden manifest: {err}") from err
+        raise GoldenError(f"{path}: golden manifest {_read_problem(err)}") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GoldenError(
+            f"{path}: golden manifest is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+            f"{_RESTORE}"
+        ) from None
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:
-        raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); restore it from git or regenerate") from err
+        raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); {_RESTORE}") from err
     if not isinstance(manifest, dict):
-        raise GoldenError(f"{path}: golden manifest is not a JSON object; restore it from git or regenerate")
-    if manifest.get("format", FORMAT) != FORMAT:
+        raise GoldenError(f"{path}: golden manifest is not a JSON object; {_RESTORE}")
+    fmt = manifest.get("format", FORMAT)
+    if type(fmt) is not int or fmt != FORMAT:
         raise GoldenError(
-            f"{path}: golden manifest format {manifest['format']!r}, this gdn-verify reads {FORMAT}; "
+            f"{path}: golden manifest format {fmt!r}, this gdn-verify reads {FORMAT}; "
             "regenerate the store with this gdn-verify"
         )
     missing = [k for k in ("format", "platform_key", "fingerprint", "max_tensor_bytes", "cases") if k not in manifest]
     if missing:
-        raise GoldenError(f"{path}: golden manifest lacks {missing}; restore it from git or regenerate")
+        raise GoldenError(f"{path}: golden manifest lacks {missing}; {_RESTORE}")
+    for key, (kind, expected) in _MANIFEST_TYPES.items():
+        value = manifest[key]
+        if type(value) is not kind or (kind is int and value < 0):  # type(): a boolean is no integer here
+            raise GoldenError(f"{path}: golden manifest's {key!r} is {_kind(value)}, expected {expected}; {_RESTORE}")
     if manifest["platform_key"] != directory.name:
         raise GoldenError(
             f"{path}: manifest is for platform {manifest['platform_key']!r} but lies in directory "
@@ -354,6 +486,47 @@ def _digest_only_differs(diffs: dict[str, TensorDiff]) -> bool:
 # --- reading -----------------------------------------------------------------------------------
 
 
+def _entry_problem(entry) -> str | None:
+    """What is wrong with the structure of a manifest entry (its tensors' metadata aside), as
+    the end of a sentence; None when nothing is."""
+    if not isinstance(entry, dict):
+        return f"is {_kind(entry)}, expected an object"
+    missing = [k for k in _ENTRY_KEYS if k not in entry]
+    if missing:
+        return f"lacks {missing}"
+    for key, kind, expected in (("case", dict, "an object"), ("inputs_digest", str, "a string"),
+                                ("tensors", dict, "an object {name: metadata}")):
+        if not isinstance(entry[key], kind):
+            return f"has {key!r} {_kind(entry[key])}, expected {expected}"
+    if entry["file"] is not None:
+        problem = _file_name_problem(entry["file"])
+        if problem is not None:
+            return f"has 'file' {entry['file']!r}, which {problem}"
+    sha = entry["file_sha256"]
+    if (entry["file"] is None) != (sha is None) or not isinstance(sha, (str, type(None))):
+        return f"has 'file' {entry['file']!r} with 'file_sha256' {_kind(entry['file_sha256'])}"
+    return None
+
+
+def _tensor_meta_problem(meta: dict) -> str | None:
+    """What is wrong with the types of a tensor's metadata (its keys present), or None."""
+    for key in ("sha256", "dtype"):
+        if not isinstance(meta[key], str):
+            return f"{key} is {_kind(meta[key])}, expected a string"
+    shape = meta["shape"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        return f"shape is {_kind(shape)}, expected a list of integers >= 0"
+    if meta["stored"] == STORED_DIGEST:
+        summary = meta["summary"]
+        if not isinstance(summary, dict):
+            return f"summary is {_kind(summary)}, expected an object"
+        bad = [k for k in _SUMMARY_COUNTS if type(summary.get(k)) is not int]
+        bad += [k for k in _SUMMARY_VALUES if type(summary.get(k)) not in (int, float)]
+        if bad:
+            return f"summary lacks numbers {bad}"
+    return None
+
+
 def _stored_in_file(entry: dict) -> dict[str, dict]:
     """The tensor metadata of an entry's tensors that its file holds (the others are digest only)."""
     return {name: meta for name, meta in entry["tensors"].items() if meta["stored"] == STORED_FILE}
@@ -403,41 +576,56 @@ class PlatformGoldens:
     def case_ids(self) -> set[str]:
         return set(self.manifest["cases"])
 
+    def missing(self, case_ids: Iterable[str]) -> list[str]:
+        """The given case ids that the store has no entry for, in the given order: a run that
+        selected them has nothing to compare them with ("missing", never "equal")."""
+        return [case_id for case_id in case_ids if case_id not in self.manifest["cases"]]
+
     def entry(self, case_id: str) -> dict:
+        """The manifest entry of case_id, its structure checked; GoldenError (naming the
+        manifest, the case and what is wrong) if there is none or it is malformed."""
         manifest_path = self.directory / MANIFEST
         try:
             entry = self.manifest["cases"][case_id]
         except KeyError:
             raise GoldenError(f"{manifest_path}: no golden for case {case_id!r}") from None
-        missing = [k for k in _ENTRY_KEYS if k not in entry]
-        if missing:
-            raise GoldenError(f"{manifest_path}: entry of case {case_id!r} lacks {missing}; restore it from git or regenerate")
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise GoldenError(f"{manifest_path}: entry of case {case_id!r} {problem}; {_RESTORE}")
         for name, meta in entry["tensors"].items():
             where = f"{manifest_path}: tensor {name!r} of case {case_id!r}"
+            if not isinstance(meta, dict):
+                raise GoldenError(f"{where} is {_kind(meta)}, expected an object; {_RESTORE}")
             if meta.get("stored") not in _TENSOR_KEYS:
                 raise GoldenError(f"{where} has stored={meta.get('stored')!r}, expected one of {sorted(_TENSOR_KEYS)}")
             lacks = [k for k in _TENSOR_KEYS[meta["stored"]] if k not in meta]
             if lacks:
-                raise GoldenError(f"{where} lacks {lacks}; restore it from git or regenerate")
+                raise GoldenError(f"{where} lacks {lacks}; {_RESTORE}")
+            problem = _tensor_meta_problem(meta)
+            if problem is not None:
+                raise GoldenError(f"{where}: {problem}; {_RESTORE}")
         in_file = _stored_in_file(entry)
         if bool(in_file) != (entry["file"] is not None):
             raise GoldenError(
                 f"{manifest_path}: entry of case {case_id!r} names file {entry['file']!r} but stores "
-                f"{sorted(in_file) or 'no tensor'} in a file; restore it from git or regenerate"
+                f"{sorted(in_file) or 'no tensor'} in a file; {_RESTORE}"
             )
         return entry
 
     def load(self, case_id: str) -> tuple[dict, dict[str, torch.Tensor]]:
         """(manifest entry, the tensors stored in full), each verified against the manifest.
-        A digest-only tensor has its metadata in the entry and no payload to load."""
+        A digest-only tensor has its metadata in the entry and no payload to load. GoldenError
+        naming the file when it is missing, unreadable, a symlink or corrupt."""
         entry = self.entry(case_id)
         if entry["file"] is None:
             return entry, {}
-        path = self.directory / entry["file"]
+        path = self.directory / entry["file"]  # one path component: checked by entry()
         try:
-            data = path.read_bytes()
+            data = _read_regular_file(path)
         except FileNotFoundError:
-            raise GoldenError(f"{path}: golden file of case {case_id!r} is missing") from None
+            raise self._missing_file(path, case_id) from None
+        except OSError as err:
+            raise GoldenError(f"{path}: golden file of case {case_id!r} {_read_problem(err)}") from err
         if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
             raise GoldenError(f"{path}: golden file of case {case_id!r} is corrupt (file sha256 differs from the manifest)")
         try:
@@ -458,6 +646,27 @@ class PlatformGoldens:
             if tensor_sha256(t) != meta["sha256"]:
                 raise GoldenError(f"{path}: tensor {name!r} of case {case_id!r} is corrupt (sha256 differs from the manifest)")
         return entry, tensors
+
+    def _missing_file(self, path: Path, case_id: str) -> GoldenError:
+        """The error for a file that the manifest, as opened, names and that is not there. Files
+        are immutable and removed only after a writer replaced the manifest, so a changed
+        manifest on disk means a concurrent writer, not damage."""
+        try:
+            now = _read_manifest(self.directory)
+        except GoldenError:
+            now = None
+        if now != self.manifest:
+            return GoldenError(
+                f"{path}: golden file of case {case_id!r} is gone: the store changed while this run read it "
+                f"(a concurrent writer such as `gdn-verify golden regen` replaced {self.directory / MANIFEST} "
+                "and removed the file); rerun to compare with the store as it is now"
+            )
+        if _writer_holds_lock(self.directory):
+            return GoldenError(
+                f"{path}: golden file of case {case_id!r} is missing while a writer holds the store lock "
+                f"{self.directory / LOCK_FILE} (a concurrent `gdn-verify golden regen`); rerun once it is done"
+            )
+        return GoldenError(f"{path}: golden file of case {case_id!r} is missing")
 
     def compare(self, case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor | None]) -> GoldenComparison:
         """Compare a run's outputs with the golden of the same case (see GoldenComparison)."""
@@ -540,10 +749,16 @@ class RegenReport:
     only): rewritten, with the diff against what was replaced. inputs_changed: stored goldens
     made from other inputs (never diffed; rewritten only with force). corrupt: stored files
     that failed verification (rewritten only with force). unused: case ids in the store that
-    this run did not produce (removed only with prune). restored: kept goldens whose bits the
-    run reproduced, rewritten only to follow the store's size cap (payload added or dropped).
-    n_tensors / n_digest_only: the store's tensors after the write, and those stored as their
-    digest only under max_tensor_bytes.
+    this run did not select (removed only by a prune that runs). restored: kept goldens whose
+    bits the run reproduced, rewritten only to follow the store's size cap (payload added or
+    dropped). n_tensors / n_digest_only: the store's tensors after the write, and those stored
+    as their digest only under max_tensor_bytes.
+    not_written: (case id, reason) of the selected cases that did not pass (failed, errored or
+    did not run), as the caller gave them; `incomplete` is true when there is any, and the run
+    must not count as a successful regeneration. prune_refused: why a requested prune did not
+    run (None when it ran or was not requested). deleted: the names of the files removed from
+    the store's directory, every one (files the replaced manifest named and the new one does
+    not, and what an interrupted writer left).
     """
 
     platform_key: str
@@ -561,10 +776,18 @@ class RegenReport:
     n_tensors: int = 0
     n_digest_only: int = 0
     bytes_written: int = 0
+    not_written: list[tuple[str, str]] = field(default_factory=list)
+    prune_refused: str | None = None
+    deleted: list[str] = field(default_factory=list)
 
     @property
     def kept_but_different(self) -> list[CaseChange]:
         return [c for c in self.kept if not _all_equal(c.diffs)]
+
+    @property
+    def incomplete(self) -> bool:
+        """Some selected case did not pass, so its golden was not written (see not_written)."""
+        return bool(self.not_written)
 
     def to_json(self) -> dict:
         return {
@@ -583,11 +806,16 @@ class RegenReport:
             "n_tensors": self.n_tensors,
             "n_digest_only": self.n_digest_only,
             "bytes_written": self.bytes_written,
+            "incomplete": self.incomplete,
+            "not_written": [{"case_id": case_id, "reason": reason} for case_id, reason in self.not_written],
+            "prune_refused": self.prune_refused,
+            "deleted": self.deleted,
         }
 
     def _rows(self) -> list[tuple[str, str, str]]:
         """(case_id, outcome, detail) for every case worth a line (unchanged ones are counted only)."""
-        rows = [(cid, "added", "") for cid in self.added]
+        rows = [(cid, "not written", reason) for cid, reason in self.not_written]
+        rows += [(cid, "added", "") for cid in self.added]
         rows += [(c.case_id, "replaced", _changed_text(c.diffs)) for c in self.replaced]
         rows += [(c.case_id, "kept, differs", _changed_text(c.diffs)) for c in self.kept_but_different]
         rows += [
@@ -602,6 +830,7 @@ class RegenReport:
         rows += [(cid, "pruned" if cid in self.pruned else "unused", "in the store, not in this run") for cid in self.unused]
         cap = f"bits unchanged; payload follows the {self.max_tensor_bytes}-byte cap"
         rows += [(cid, "re-stored", cap) for cid in self.restored]
+        rows += [(name, "file deleted", "") for name in self.deleted]
         return rows
 
     def headline(self) -> str:
@@ -610,7 +839,8 @@ class RegenReport:
             f"goldens {self.directory}: {len(self.added)} added, {len(self.replaced)} replaced, "
             f"{unchanged} unchanged, {len(self.kept_but_different)} kept but different, "
             f"{len(self.inputs_changed)} inputs changed, {len(self.corrupt)} corrupt, {len(self.unused)} unused"
-            f"{f' ({len(self.pruned)} pruned)' if self.pruned else ''}; {self.bytes_written} bytes written; "
+            f"{f' ({len(self.pruned)} pruned)' if self.pruned else ''}, {len(self.not_written)} not written; "
+            f"{self.bytes_written} bytes written, {len(self.deleted)} files deleted; "
             f"{self.n_digest_only} of {self.n_tensors} tensors stored as digest only (over {self.max_tensor_bytes} bytes)"
         )
 
@@ -618,7 +848,11 @@ class RegenReport:
         hints = []
         if not self.force and (self.kept_but_different or self.inputs_changed or self.corrupt):
             hints.append("existing goldens were left alone: rerun with --force to replace them")
-        if self.unused and not self.pruned:
+        if self.not_written:
+            hints.append(f"{len(self.not_written)} selected cases did not pass: their goldens were not written")
+        if self.prune_refused:
+            hints.append(f"prune refused: {self.prune_refused}")
+        elif self.unused and not self.pruned:
             hints.append("unused goldens are kept: rerun with --prune to remove them")
         if any(_digest_only_differs(c.diffs) for c in self.replaced + self.kept):
             hints.append(DIGEST_ONLY_HINT)
@@ -643,9 +877,25 @@ class RegenReport:
         return table
 
 
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes of tensors with their metadata in sorted key order, whatever order the
+    dict or the safetensors library keeps: a file's name carries its content digest, so the
+    same tensors and metadata must always give the same bytes. The header is written back in
+    safetensors' own form (compact JSON, padded with spaces to 8 bytes), so that the bytes
+    equal the library's whenever it kept the sorted order."""
+    data = save_safetensors(tensors, metadata=dict(sorted(metadata.items())))
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
 def _case_file_bytes(case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor]) -> bytes:
     cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    return save_safetensors(cpu, metadata={"case_id": case_id, "inputs_digest": inputs_digest})
+    return _safetensors_bytes(cpu, {"case_id": case_id, "inputs_digest": inputs_digest})
 
 
 def _storage(t: torch.Tensor, max_tensor_bytes: int) -> str:
@@ -669,7 +919,7 @@ def _new_entry(case, inputs_digest: str, tensors: dict[str, torch.Tensor], max_t
     entry = {
         "case": case.to_dict(),
         "inputs_digest": inputs_digest,
-        "file": None if data is None else f"{case.id}.{file_sha[:12]}.safetensors",
+        "file": None if data is None else f"{case.id}.{file_sha[:12]}{GOLDEN_SUFFIX}",
         "file_sha256": file_sha,
         "tensors": {name: _tensor_meta(t, storage[name]) for name, t in sorted(tensors.items())},
         **provenance,
@@ -681,13 +931,62 @@ def _follows_cap(entry: dict, tensors: dict[str, torch.Tensor], max_tensor_bytes
     return all(entry["tensors"][name]["stored"] == _storage(t, max_tensor_bytes) for name, t in tensors.items())
 
 
-def _remove_unreferenced(directory: Path, manifest: dict) -> None:
-    """Delete tensor files and temp files the manifest does not name (called under the lock)."""
-    referenced = {entry.get("file") for entry in manifest["cases"].values()}
-    for path in directory.iterdir():
-        stale = path.name.startswith(_TMP_PREFIX) or (path.suffix == ".safetensors" and path.name not in referenced)
-        if stale and path.is_file():
-            path.unlink()
+def _manifest_files(manifest: dict | None) -> set[str]:
+    """The golden file names a manifest's entries name (malformed entries and names that are
+    not golden file names contribute none: they are never deleted)."""
+    if manifest is None:
+        return set()
+    return {entry["file"] for entry in manifest["cases"].values()
+            if isinstance(entry, dict) and _file_name_problem(entry.get("file")) is None}
+
+
+def _read_pending(directory: Path) -> list[str]:
+    """The file names an interrupted writer recorded in .pending ([] when there is none)."""
+    path = directory / PENDING_FILE
+    try:
+        data = _read_regular_file(path)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise GoldenError(f"{path}: the store's record of a write under way {_read_problem(err)}; "
+                          "remove it if no writer runs") from err
+    try:
+        names = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        names = None
+    if not isinstance(names, list) or any(_file_name_problem(name) is not None for name in names):
+        raise GoldenError(f"{path}: the store's record of a write under way is not a list of golden file "
+                          "names; remove it if no writer runs")
+    return names
+
+
+def _clean_interrupted_write(directory: Path, manifest: dict | None, deleted: list[str]) -> None:
+    """Delete what an interrupted writer left (called under the lock): the files its .pending
+    names that the manifest does not, the temp files of those and of the manifest and record,
+    then the record itself."""
+    pending = _read_pending(directory)
+    named = _manifest_files(manifest)
+    for name in pending:
+        if name not in named:
+            _delete_own(directory / name, deleted)
+    for name in [*pending, MANIFEST, PENDING_FILE]:
+        _delete_own(directory / (_TMP_PREFIX + name), deleted)
+    _delete_own(directory / PENDING_FILE, None)
+
+
+def _prune_refusal(whole_suite: bool, not_written: list[tuple[str, str]], n_passed: int) -> str | None:
+    """Why prune must not run after this regeneration (None when it may): pruning removes the
+    goldens of every case the run did not write, which is right only when the run was the
+    whole suite and every case of it passed."""
+    if not whole_suite:
+        return ("--prune applies only to a run of the whole suite; this run selected a subset, so the "
+                "goldens of the cases it did not select stay")
+    if not_written:
+        return (f"--prune applies only when every selected case passed; {len(not_written)} did not pass, "
+                "so no golden is removed")
+    if not n_passed:
+        return "--prune applies only to a run that produced goldens; this one produced none"
+    return None
 
 
 def regenerate(
@@ -698,25 +997,37 @@ def regenerate(
     prune: bool = False,
     lock_timeout_s: float = 600.0,
     max_tensor_bytes: int | None = None,
+    whole_suite: bool = False,
+    not_passed: Iterable[tuple[str, str]] = (),
+    skipped: Iterable[str] = (),
 ) -> RegenReport:
-    """Write the goldens of one run (items: (case, inputs_digest, {"o": ..., "final_state": ...})).
+    """Write the goldens of one run (items: (case, inputs_digest, {"o": ..., "final_state": ...}),
+    the cases that passed).
 
     Default: only case ids not yet in the store are written. force: also rewrite stored
     goldens whose bits differ, whose inputs digest changed, or that fail verification.
-    prune: remove stored case ids that this run did not produce. max_tensor_bytes: the
-    store's size cap from now on (None: the cap the store records, or for a new store
-    `default_max_tensor_bytes(fp)`); tensors over it are stored as their digest only. See
-    RegenReport.
+    not_passed: (case id, reason) of the other selected cases (failed, errored, not run);
+    their stored goldens stay and the report is `incomplete`. skipped: selected case ids that
+    the implementation does not support (nothing to write, not a failure); their stored
+    goldens stay and never count as unused. prune: remove stored case ids that this run did
+    not select, only when whole_suite (the run selected every case of its suite) and every
+    selected case passed; otherwise the report says why it did not (`prune_refused`). max_tensor_bytes: the store's size cap from now on (None: the cap the
+    store records, or for a new store `default_max_tensor_bytes(fp)`); tensors over it are
+    stored as their digest only. Deletes only files the replaced manifest named (and what an
+    interrupted writer recorded in .pending), each listed in the report. See RegenReport.
     """
     if max_tensor_bytes is not None and (not isinstance(max_tensor_bytes, int) or max_tensor_bytes < 0):
         raise ValueError(f"max_tensor_bytes: expected None or an integer >= 0, got {max_tensor_bytes!r}")
+    not_written = [(str(case_id), str(reason)) for case_id, reason in not_passed]
     key = platform_key(fp)
     directory = Path(root) / key
     with store_lock(directory, lock_timeout_s):
         old = _read_manifest(directory)
         if max_tensor_bytes is None:
             max_tensor_bytes = default_max_tensor_bytes(fp) if old is None else old["max_tensor_bytes"]
-        report = RegenReport(platform_key=key, directory=directory, force=force, max_tensor_bytes=max_tensor_bytes)
+        report = RegenReport(platform_key=key, directory=directory, force=force, max_tensor_bytes=max_tensor_bytes,
+                             not_written=not_written)
+        _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
         now = _now()
@@ -767,8 +1078,13 @@ def regenerate(
                 write(case, inputs_digest, tensors)
                 report.restored.append(case_id)
 
-        report.unused = sorted(set(cases) - seen)
+        failed = {case_id for case_id, _ in not_written}
+        if failed & seen:
+            raise ValueError(f"not_passed: case ids {sorted(failed & seen)} are also among the results")
+        report.unused = sorted(set(cases) - seen - failed - set(skipped))
         if prune:
+            report.prune_refused = _prune_refusal(whole_suite, not_written, len(seen))
+        if prune and report.prune_refused is None:
             for case_id in report.unused:
                 del cases[case_id]
             report.pruned = list(report.unused)
@@ -777,8 +1093,12 @@ def regenerate(
 
         if old is not None and not rewritten and not report.pruned and max_tensor_bytes == old["max_tensor_bytes"]:
             # Nothing changed: the manifest (and its dates) stay as they are.
-            _remove_unreferenced(directory, old)
             return report
+        if pending:
+            # Recorded before the files exist, so that the next writer can remove them if this
+            # one stops before its manifest names them.
+            _atomic_write(directory / PENDING_FILE, json.dumps(sorted(p.name for p, _ in pending)).encode())
+            _fsync_dir(directory)
         for path, data in pending:
             _atomic_write(path, data)
             report.bytes_written += len(data)
@@ -796,5 +1116,8 @@ def regenerate(
         # Last: until this replace, the old manifest and every file it names are untouched.
         _atomic_write(directory / MANIFEST, _manifest_bytes(manifest))
         _fsync_dir(directory)
-        _remove_unreferenced(directory, manifest)
+        named = _manifest_files(manifest)
+        for name in sorted(_manifest_files(old) - named):
+            _delete_own(directory / name, report.deleted)
+        _delete_own(directory / PENDING_FILE, None)
     return report

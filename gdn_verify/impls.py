@@ -33,10 +33,13 @@ Impl = Adapter
 
 
 def _import(module_name: str, attr: str, spec: str):
+    # Whatever importing the module raises (a SyntaxError, a RuntimeError, sys.exit() at module
+    # level) is a setup error naming the spec, not a traceback.
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImplError(f"--impl {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    except (Exception, SystemExit) as exc:
+        raise ImplError(f"--impl {spec!r}: cannot import module {module_name!r} "
+                        f"({type(exc).__name__}: {exc})") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ImplError(f"--impl {spec!r}: module {module_name!r} has no callable {attr!r}")

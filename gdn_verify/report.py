@@ -25,18 +25,28 @@ from gdn_verify.runner import STATUS_NOT_SUPPORTED, STATUS_PASS, CaseResult, Run
 
 # Up to this many cases the terminal table lists them all; beyond, only those not passing.
 _FULL_TABLE_MAX = 40
+# Cases without golden named in Markdown (the JSON report has each case's golden status).
+_MAX_MISSING_SHOWN = 20
 
 
 # ----------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text so that path holds either its old content or all of the new one."""
+    """Write text so that path holds either its old content or all of the new one. The file
+    gets the mode open() would give it (0644 under the usual umask 022), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -82,19 +92,48 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def goldens_headline(result: RunResult) -> str:
+    """What the goldens contributed, in words: never only a status a reader could take for a
+    bitwise pass."""
+    status = result.goldens.get("status", "not checked")
+    if status == "not checked":
+        return "not checked (no --goldens)"
+    if status == "not comparable":
+        return "no bitwise comparison (no golden store for this platform)"
+    t = result.totals
+    compared, ran = result.golden_coverage
+    text = f"{compared} of {ran} cases compared bit for bit ({t['golden_equal']} equal"
+    if t["golden_missing"]:
+        text += f", {t['golden_missing']} without golden"
+    text += ")"
+    return f"no bitwise comparison: {text}" if compared == 0 else text
+
+
+def _audit_word(audit) -> str:
+    if not audit.ran:
+        return "not run"
+    return "pass" if audit.passed else "FAIL"
+
+
+def interruption(result: RunResult) -> str:
+    """"interrupted: 3 of 5 cases not run", or "" for a run that was not interrupted."""
+    if not result.interrupted:
+        return ""
+    selected = len(result.cases) if result.selected is None else result.selected
+    return f"interrupted: {selected - len(result.cases)} of {selected} cases not run"
+
+
 def verdict(result: RunResult) -> str:
     t = result.totals
     word = "PASS" if result.passed else "FAIL"
     audit = ""
     if result.variant_audit is not None:
-        audit = f"; variant audit {'pass' if result.variant_audit.passed else 'FAIL'}"
-    goldens = result.goldens.get("status", "not checked")
-    if goldens == "comparable":
-        goldens = f"{t['golden_equal']} bitwise equal, {t['golden_missing']} without golden"
+        audit = f"; variant audit {_audit_word(result.variant_audit)}"
+    interrupted = f"; {interruption(result)}" if result.interrupted else ""
     return (f"{word}: suite {result.suite}, impl {result.impl}, {result.backend}: {t['cases']} cases, "
             f"{t['pass']} pass, {t['fail']} fail, {t['changed']} changed, {t['error']} error, "
             f"{t[STATUS_NOT_SUPPORTED]} not supported; "
-            f"goldens: {goldens}{audit}; {result.wall_s:.1f} s")
+            f"goldens: {goldens_headline(result)}{audit}{interrupted}; {result.wall_s:.1f} s")
 
 
 def worst_per_dtype(cases: Iterable[CaseResult]) -> list[dict]:
@@ -235,12 +274,18 @@ def markdown(result: RunResult) -> str:
     if audit is not None:
         sweep = ", ".join(map(str, audit.lengths))
         out += ["### Compile-variant audit", "",
-                f"{'pass' if audit.passed else 'FAIL'}: {audit.detail} (sweep T = {sweep})", ""]
+                f"{_audit_word(audit)}: {audit.detail} (sweep T = {sweep})", ""]
         out += _md_table(["kernel", "variants after T = 64", "after the sweep"],
                          [[k, str(audit.after_t64.get(k, 0)), str(n)] for k, n in audit.after_sweep.items()])
         out.append("")
     if result.goldens.get("status") == "not comparable":
-        out += ["### Goldens", "", "```", result.goldens["detail"], "```", ""]
+        out += ["### Goldens", "", "No bitwise comparison took place: no golden store for this platform.", "",
+                "```", result.goldens["detail"], "```", ""]
+    elif result.totals["golden_missing"]:
+        missing = [r.id for r in result.cases if r.golden.status == "missing"]
+        out += ["### Goldens", "", f"{len(missing)} cases without golden, not compared bit for bit: "
+                + ", ".join(f"`{i}`" for i in missing[:_MAX_MISSING_SHOWN])
+                + (f" and {len(missing) - _MAX_MISSING_SHOWN} more" if len(missing) > _MAX_MISSING_SHOWN else ""), ""]
     from gdn_verify.platform import describe
 
     out += ["### Platform", "", describe(result.fingerprint), ""]
@@ -334,7 +379,7 @@ def print_summary(result: RunResult, console: Console) -> None:
                           w["rms_case"] or "")
         console.print(table)
     if result.variant_audit is not None:
-        console.print(f"variant audit: {'pass' if result.variant_audit.passed else 'FAIL'}: "
+        console.print(f"variant audit: {_audit_word(result.variant_audit)}: "
                       f"{result.variant_audit.detail} {result.variant_audit.after_sweep}", markup=False)
     for reason, n, first in not_supported_reasons(result.cases):
         console.print(f"not supported ({n} cases, first {first}): {reason}", markup=False, highlight=False)
@@ -371,6 +416,8 @@ def _audit_cell(cmp, spec: str) -> str:
     audit = cmp.runs[spec].variant_audit
     if audit is None:
         return cmp.audit_notes.get(spec, "n/a")
+    if not audit.ran or not audit.after_sweep:
+        return f"{_audit_word(audit)}: {audit.detail}"
     t64, sweep = sum(audit.after_t64.values()), sum(audit.after_sweep.values())
     return f"{'pass' if audit.passed else 'FAIL'}: {t64} after T = 64, {sweep} after the sweep ({len(audit.after_sweep)} kernels)"
 

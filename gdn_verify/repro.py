@@ -6,7 +6,9 @@ implementation uses it) and the implementation under test: it imports the implem
 by "module:function", runs it with the common GDN signature, computes a float64 reference
 with its own naive recurrence, prints the RMS error ratio, the worst slice, the max abs
 error and the NaN/Inf count of o and final_state, and exits 1 when the recorded tolerance
-is exceeded (2 when it cannot run at all). The metrics follow gdn_verify.compare (global
+is exceeded, the implementation wrote into its inputs (it is given copies) or returned o in
+another dtype than v's or a state in another than float32 (float64 in exact mode); 2 when it
+cannot run at all. The metrics follow gdn_verify.compare (global
 RMS ratio; worst (sequence, head, 64-token chunk) slice for o and (sequence, head) for the
 final state, each against its own reference norm floored at the evenly spread share; for o
 in float16 / bfloat16 also both ratios of the error beyond rounding the reference into o's
@@ -69,6 +71,16 @@ def load_impl(spec):
     if not callable(fn):
         raise CannotRun(f"module {module_name!r} has no callable {attr!r}")
     return fn
+
+
+def same_bits(a, b):
+    """The same bits (NaNs included) in the same dtype and shape."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.view(ints), b.view(ints)
+    return torch.equal(a.cpu(), b.cpu())
 
 
 def l2norm(x, eps):
@@ -192,23 +204,31 @@ def main(argv=None):
     scale = CONFIG["scale"] if CONFIG["scale"] is not None else K ** -0.5
     print(f"case {CONFIG['case_id']}  impl {args.impl}  device {device}  torch {torch.__version__}")
     print(f"recorded failure: {CONFIG['failure']}")
+    # The implementation gets copies: the reference is computed from the inputs as saved, and
+    # an implementation that writes into its inputs fails.
+    given = {name: t.clone() for name, t in inputs.items()}
     try:
-        o, final_state = fn(inputs["q"], inputs["k"], inputs["v"], inputs["g"], inputs["beta"],
-                            scale=CONFIG["scale"], initial_state=inputs.get("initial_state"),
-                            output_final_state=True, cu_seqlens=inputs.get("cu_seqlens"),
+        o, final_state = fn(given["q"], given["k"], given["v"], given["g"], given["beta"],
+                            scale=CONFIG["scale"], initial_state=given.get("initial_state"),
+                            output_final_state=True, cu_seqlens=given.get("cu_seqlens"),
                             use_qk_l2norm_in_kernel=CONFIG["l2norm"])
-    except Exception:
+    except BaseException:
         traceback.print_exc()
         print("FAIL: the implementation raised")
         return 1
+    failures = [f"the implementation modified its input {name}" for name in inputs
+                if not same_bits(given[name], inputs[name])]
     expected = reference(inputs, scale, CONFIG["l2norm"], CONFIG["l2norm_eps"])
     backend = "cuda" if device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1" else "cpu-interpreter"
-    failures = []
-    for name, actual, ref in (("o", o, expected[0]), ("final_state", final_state, expected[1])):
+    state_dtype = torch.float64 if inputs["v"].dtype == torch.float64 else torch.float32
+    for name, actual, ref, dtype in (("o", o, expected[0], inputs["v"].dtype),
+                                     ("final_state", final_state, expected[1], state_dtype)):
         tol = CONFIG["tolerances"][backend][name]
         if actual is None:
             failures.append(f"{name}: the implementation returned None")
             continue
+        if actual.dtype != dtype:
+            failures.append(f"{name}: dtype {actual.dtype}, expected {dtype}")
         found, metrics = check(name, actual, ref, inputs, tol)
         failures += found
         shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in metrics.items()}

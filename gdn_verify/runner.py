@@ -7,6 +7,14 @@ the implementation with poisoned outputs, the comparisons of `compare`, the inva
 when an end-to-end check fails. After the cases, the compile-variant audit runs a T sweep and
 fails if shorter sequences needed variants that T = 64 alone did not.
 
+The implementation never sees the harness's own tensors: every call gets copies, and a
+call that writes into its inputs, or returns outputs of another dtype, shape or device than
+the contract's, fails the case (adapters.ContractViolation). The reference, the invariants,
+the goldens and a reproducer use the untouched inputs. Anything the implementation raises ends
+its case as an error, BaseExceptions included (SystemExit, a --case-timeout expiring), except
+KeyboardInterrupt (SIGINT; the CLI's SIGTERM), which ends the run after marking its case as
+interrupted: `run_cases` then returns what ran, so reports are still written.
+
 A case the implementation's adapter cannot run as declared (a dtype it does not accept, an
 argument it lacks) is "not supported": never a pass, never a failure. The same holds for an
 invariant whose derived call needs what the implementation lacks (a packed batch without
@@ -17,6 +25,9 @@ Everything returned is a dataclass with `to_json()`; tensors never enter the res
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import traceback
 from contextlib import nullcontext
@@ -26,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from gdn_verify.adapters import NotSupported
+from gdn_verify.adapters import ContractViolation, NotSupported
 from gdn_verify.cases import Case, dense, varlen
 from gdn_verify.compare import REFERENCE_AGREEMENT, TENSORS, TensorCheck, backend_of, compare_outputs, rms_ratio
 from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
@@ -48,6 +59,51 @@ STATUSES = (STATUS_PASS, STATUS_FAIL, STATUS_CHANGED, STATUS_ERROR, STATUS_NOT_S
 
 class SetupError(Exception):
     """The run cannot start or go on (bad goldens, unusable device): exit code 2."""
+
+
+class CaseTimeout(BaseException):
+    """A case ran past its time limit. A BaseException, so that an implementation's own
+    `except Exception` cannot swallow it."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:g} s")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise CaseTimeout in the main thread after `seconds` (None: no limit), by SIGALRM.
+
+    A Python-level hang (a loop, time.sleep, the Triton interpreter between NumPy calls) is
+    interrupted; a call stuck inside C code (a CUDA synchronize, one long NumPy or torch
+    operation) is not: the signal is handled only when it returns to Python. The previous
+    SIGALRM handler is restored afterwards; the timer (ITIMER_REAL) is the harness's while a
+    limit is armed."""
+    if seconds is None:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise SetupError("--case-timeout: works only in the main thread (it uses SIGALRM)")
+
+    def expire(signum, frame):
+        raise CaseTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        # Disarm before restoring: SIGALRM's default action ends the process.
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def exception_text(exc: BaseException) -> str:
+    """"SystemExit: 0", "RuntimeError: what": the exception's type and message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+INTERRUPTED = "KeyboardInterrupt: the run was interrupted"
 
 
 # ----------------------------------------------------------------------------------------
@@ -117,10 +173,13 @@ class VariantAudit:
     after_sweep: dict[str, int]
     passed: bool
     detail: str
+    # False when the implementation, as declared, cannot run the audit's calls (passed is then
+    # True: neither a pass nor a failure, said so in the reports).
+    ran: bool = True
 
     def to_json(self) -> dict:
         return {"lengths": self.lengths, "after_t64": self.after_t64, "after_sweep": self.after_sweep,
-                "passed": self.passed, "detail": self.detail}
+                "passed": self.passed, "detail": self.detail, "ran": self.ran}
 
 
 @dataclass
@@ -134,6 +193,8 @@ class RunResult:
     goldens: dict  # {"root", "platform_key", "status", "stored": [...]} or {"status": "not checked"}
     variant_audit: VariantAudit | None
     wall_s: float
+    interrupted: bool = False  # stopped by KeyboardInterrupt before its last case
+    selected: int | None = None  # cases selected (more than ran when interrupted)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -146,9 +207,17 @@ class RunResult:
         return counts
 
     @property
+    def golden_coverage(self) -> tuple[int, int]:
+        """(cases compared bit for bit with a golden, cases run): a case is compared when its
+        golden was equal or different; not-supported cases are not run."""
+        ran = sum(r.status != STATUS_NOT_SUPPORTED for r in self.cases)
+        return sum(r.golden.status in ("equal", "different") for r in self.cases), ran
+
+    @property
     def passed(self) -> bool:
         audit_ok = self.variant_audit is None or self.variant_audit.passed
-        return audit_ok and all(r.status in (STATUS_PASS, STATUS_NOT_SUPPORTED) for r in self.cases)
+        return (audit_ok and not self.interrupted
+                and all(r.status in (STATUS_PASS, STATUS_NOT_SUPPORTED) for r in self.cases))
 
     def to_json(self) -> dict:
         return {
@@ -160,8 +229,11 @@ class RunResult:
             "totals": self.totals,
             "wall_s": self.wall_s,
             "fingerprint": self.fingerprint,
-            "goldens": self.goldens,
+            "goldens": self.goldens if self.goldens.get("status") == "not checked" else
+            dict(self.goldens, compared=self.golden_coverage[0], ran=self.golden_coverage[1]),
             "variant_audit": None if self.variant_audit is None else self.variant_audit.to_json(),
+            "interrupted": self.interrupted,
+            "selected": len(self.cases) if self.selected is None else self.selected,
             "cases": [r.to_json() for r in self.cases],
         }
 
@@ -178,7 +250,10 @@ class RunOptions:
     diagnose: bool = True  # stage diagnosis after a failed end-to-end check (chunk kernel)
     audit: bool = True
     goldens: str | None = None
+    # With goldens: a store for this platform must exist (else SetupError before any case runs).
+    require_goldens: bool = False
     repro_dir: str | None = None
+    case_timeout: float | None = None  # seconds per case (see time_limit); None: no limit
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,7 +263,7 @@ class RunOptions:
 class _Goldens:
     """This run's view of a golden store: the platform's goldens, or why there are none."""
 
-    def __init__(self, root: str | None, fp: dict):
+    def __init__(self, root: str | None, fp: dict, required: bool = False, suite: str = "SUITE"):
         self.platform = None
         if root is None:
             self.summary = {"status": "not checked"}
@@ -210,6 +285,11 @@ class _Goldens:
             self.summary["status"] = "not comparable"
             self.summary["detail"] = store.not_comparable_message(fp)
             self.summary["stored"] = [{"platform_key": key, "fingerprint": sfp} for key, sfp in stored]
+            if required:
+                raise SetupError(
+                    f"--require-goldens: no bitwise comparison is possible: {self.summary['detail']}\n"
+                    f"Write a store for this platform with `gdn-verify golden regen --suite {suite} --goldens {root}` "
+                    "(and commit it), or run without --require-goldens.")
         else:
             self.summary["status"] = "comparable"
             self.ids = self.platform.case_ids()
@@ -320,63 +400,26 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
     result = CaseResult(case=case, status=STATUS_PASS, failures=[], inputs_digest=digest)
     outputs = None
     try:
-        t = time.perf_counter()
-        with _poisoned(impl):
-            o, final_state = impl(case, inputs)
-        _sync(device)
-        timing["impl_s"] = time.perf_counter() - t
-        outputs = {"o": o, "final_state": final_state}
-
-        reference = None
-        if options.reference:
-            t = time.perf_counter()
-            reference = torch_reference(case, inputs)
-            _sync(device)
-            timing["reference_s"] = time.perf_counter() - t
-            result.checks = compare_outputs(outputs, reference, case, backend, impl.supports_poison)
-            result.failures += [f for c in result.checks.values() for f in c.failures]
-            if options.jax and "jax" in case.references:
-                t = time.perf_counter()
-                result.reference_agreement = jax_agreement(case, inputs, reference)
-                timing["jax_s"] = time.perf_counter() - t
-                if not result.reference_agreement["passed"]:
-                    agreement = result.reference_agreement
-                    result.failures.append(f"JAX and torch references disagree: o {agreement['o']:.3g}, "
-                                           f"final_state {agreement['final_state']:.3g} > {REFERENCE_AGREEMENT:g}")
-
-        if options.invariants:
-            t = time.perf_counter()
-            for name in options.invariants:
-                try:
-                    with _poisoned(impl):
-                        result.invariants += check_invariants((name,), impl, case, inputs, outputs, reference,
-                                                              backend)
-                except NotSupported as exc:
-                    result.not_supported.append(f"{name}: {exc}")
-            _sync(device)
-            timing["invariants_s"] = time.perf_counter() - t
-            result.failures += [f"{i.name}: {i.detail}" for i in result.invariants if not i.passed]
-
-        if result.failures:
-            result.status = STATUS_FAIL
-            end_to_end_failed = any(not c.passed for c in result.checks.values())
-            if options.diagnose and end_to_end_failed:
-                result.stages = diagnose_stages(impl, case, inputs, backend)
-
-        result.golden = goldens.compare(case, digest, outputs)
-        if result.status == STATUS_PASS and result.golden.unexpected:
-            result.status = STATUS_CHANGED
-            result.failures.append(f"golden {result.golden.status}: {result.golden.detail}")
-    except SetupError:
+        with time_limit(options.case_timeout):
+            outputs = _check_case(result, case, impl, device, options, goldens, inputs, digest, timing)
+    except (SetupError, KeyboardInterrupt):
         raise
     except NotSupported as exc:  # the main call's inputs need what the implementation lacks
         result.status = STATUS_NOT_SUPPORTED
         result.failures = []
         result.not_supported.append(str(exc))
         outputs = None
-    except Exception as exc:  # a crashing implementation is a finding about this case, not the run
+    except ContractViolation as exc:  # wrote into its inputs, or outputs of another dtype / shape / device
+        result.status = STATUS_FAIL
+        result.failures += exc.problems
+        outputs = None
+    except CaseTimeout as exc:
         result.status = STATUS_ERROR
-        result.failures.append(f"{type(exc).__name__}: {exc}")
+        result.failures.append(str(exc))
+        outputs = None
+    except BaseException as exc:  # noqa: BLE001 - a crashing (or exiting) implementation is a finding about this case
+        result.status = STATUS_ERROR
+        result.failures.append(exception_text(exc))
         result.traceback = traceback.format_exc(limit=-6)
         outputs = None
     timing["total_s"] = time.perf_counter() - start
@@ -392,14 +435,72 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
     return result, outputs
 
 
+def _check_case(result: CaseResult, case: Case, impl: Impl, device: str, options: RunOptions, goldens: _Goldens,
+                inputs: dict[str, torch.Tensor], digest: str, timing: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The checks of one case, filling in `result`; returns the implementation's outputs."""
+    backend = backend_of(device)
+    t = time.perf_counter()
+    with _poisoned(impl):
+        o, final_state = impl(case, inputs)
+    _sync(device)
+    timing["impl_s"] = time.perf_counter() - t
+    outputs = {"o": o, "final_state": final_state}
+
+    reference = None
+    if options.reference:
+        t = time.perf_counter()
+        reference = torch_reference(case, inputs)
+        _sync(device)
+        timing["reference_s"] = time.perf_counter() - t
+        result.checks = compare_outputs(outputs, reference, case, backend, impl.supports_poison)
+        result.failures += [f for c in result.checks.values() for f in c.failures]
+        if options.jax and "jax" in case.references:
+            t = time.perf_counter()
+            result.reference_agreement = jax_agreement(case, inputs, reference)
+            timing["jax_s"] = time.perf_counter() - t
+            if not result.reference_agreement["passed"]:
+                agreement = result.reference_agreement
+                result.failures.append(f"JAX and torch references disagree: o {agreement['o']:.3g}, "
+                                       f"final_state {agreement['final_state']:.3g} > {REFERENCE_AGREEMENT:g}")
+
+    if options.invariants:
+        t = time.perf_counter()
+        for name in options.invariants:
+            try:
+                with _poisoned(impl):
+                    result.invariants += check_invariants((name,), impl, case, inputs, outputs, reference,
+                                                          backend)
+            except NotSupported as exc:
+                result.not_supported.append(f"{name}: {exc}")
+        _sync(device)
+        timing["invariants_s"] = time.perf_counter() - t
+        result.failures += [f"{i.name}: {i.detail}" for i in result.invariants if not i.passed]
+
+    if result.failures:
+        result.status = STATUS_FAIL
+        end_to_end_failed = any(not c.passed for c in result.checks.values())
+        if options.diagnose and end_to_end_failed:
+            copies = {name: t.clone() for name, t in inputs.items()}  # the intermediates call is unguarded
+            result.stages = diagnose_stages(impl, case, copies, backend)
+
+    result.golden = goldens.compare(case, digest, outputs)
+    if result.status == STATUS_PASS and result.golden.unexpected:
+        result.status = STATUS_CHANGED
+        result.failures.append(f"golden {result.golden.status}: {result.golden.detail}")
+    return outputs
+
+
 # ----------------------------------------------------------------------------------------
 # Variant audit
 # ----------------------------------------------------------------------------------------
 
-def variant_audit(impl: Impl, device: str) -> VariantAudit | None:
+def variant_audit(impl: Impl, device: str, timeout_s: float | None = None) -> VariantAudit | None:
     """Compiled variants per kernel after T = 64 alone, then after the whole T sweep (dense
     single sequences and one packed batch of the same lengths). Shorter or longer sequences
-    must not need new variants: no specialization may derive from T."""
+    must not need new variants: no specialization may derive from T.
+
+    A call that raises (anything but KeyboardInterrupt and NotSupported, which propagate) or
+    breaks the contract fails the audit with what happened; `timeout_s` limits each call."""
     if impl.variants is None:
         return None
     backend = backend_of(device)
@@ -408,13 +509,20 @@ def variant_audit(impl: Impl, device: str) -> VariantAudit | None:
 
     def run(cases: Iterable[Case]) -> None:
         for case in cases:
-            impl(case, to_device(make_inputs(case), device))
-        _sync(device)
+            with time_limit(timeout_s):
+                impl(case, to_device(make_inputs(case), device))
+                _sync(device)
 
-    run([dense(64, dtype="bfloat16", **shape), varlen((64,), dtype="bfloat16", **shape)])
-    after_t64 = impl.variants()
-    run([dense(T, dtype="bfloat16", **shape) for T in lengths] + [varlen(lengths, dtype="bfloat16", **shape)])
-    after_sweep = impl.variants()
+    try:
+        run([dense(64, dtype="bfloat16", **shape), varlen((64,), dtype="bfloat16", **shape)])
+        after_t64 = impl.variants()
+        run([dense(T, dtype="bfloat16", **shape) for T in lengths] + [varlen(lengths, dtype="bfloat16", **shape)])
+        after_sweep = impl.variants()
+    except (KeyboardInterrupt, NotSupported, SetupError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the implementation's failure is the audit's finding
+        what = str(exc) if isinstance(exc, (CaseTimeout, ContractViolation)) else exception_text(exc)
+        return VariantAudit(list(lengths), {}, {}, False, f"the audit's calls failed: {what}")
     added = {name: n - after_t64.get(name, 0) for name, n in after_sweep.items() if n != after_t64.get(name, 0)}
     detail = (f"{sum(after_sweep.values())} variants over {len(after_sweep)} kernels, "
               f"the same as after T = 64 alone" if not added
@@ -430,23 +538,41 @@ def run_cases(cases: Sequence[Case], impl: Impl, device: str, options: RunOption
               on_case: Callable[[CaseResult, int, int], None] | None = None,
               on_outputs: Callable[[CaseResult, dict[str, torch.Tensor]], None] | None = None) -> RunResult:
     """Run `cases`; `on_case(result, index, total)` after each case (progress),
-    `on_outputs(result, outputs)` with the implementation's outputs of each case that ran."""
+    `on_outputs(result, outputs)` with the implementation's outputs of each case that ran.
+    A KeyboardInterrupt stops the run: the result holds the cases done, the one it stopped
+    (status error, INTERRUPTED) and `interrupted`."""
     from gdn_verify.platform import fingerprint
 
     start = time.perf_counter()
     fp = fingerprint(device)
-    goldens = _Goldens(options.goldens, fp)
-    # The audit runs first: variants the cases compile for other lengths would otherwise already
-    # be in the cache when the audit takes its T = 64 baseline, and hide a specialization on T.
-    audit = variant_audit(impl, device) if options.audit else None
-    results = []
-    for index, case in enumerate(cases):
-        result, outputs = run_case(case, impl, device, options, goldens)
-        results.append(result)
-        if on_outputs is not None and outputs is not None:
-            on_outputs(result, outputs)
-        if on_case is not None:
-            on_case(result, index, len(cases))
+    goldens = _Goldens(options.goldens, fp, required=options.require_goldens, suite=suite)
+    results: list[CaseResult] = []
+    audit = None
+    interrupted = False
+    try:
+        # The audit runs first: variants the cases compile for other lengths would otherwise already
+        # be in the cache when the audit takes its T = 64 baseline, and hide a specialization on T.
+        if options.audit:
+            try:
+                audit = variant_audit(impl, device, options.case_timeout)
+            except NotSupported as exc:
+                audit = VariantAudit(list(AUDIT_T[backend_of(device)]), {}, {}, True,
+                                     f"not run: the audit's calls are not supported: {exc}", ran=False)
+        for index, case in enumerate(cases):
+            try:
+                result, outputs = run_case(case, impl, device, options, goldens)
+            except KeyboardInterrupt:
+                # The case that was running when the run was stopped is reported as such.
+                results.append(CaseResult(case=case, status=STATUS_ERROR, failures=[INTERRUPTED],
+                                          inputs_digest=""))
+                raise
+            results.append(result)
+            if on_outputs is not None and outputs is not None:
+                on_outputs(result, outputs)
+            if on_case is not None:
+                on_case(result, index, len(cases))
+    except KeyboardInterrupt:
+        interrupted = True
     return RunResult(suite=suite, impl=impl.spec, device=device, backend=backend_of(device), fingerprint=fp,
                      cases=results, goldens=goldens.summary, variant_audit=audit,
-                     wall_s=time.perf_counter() - start)
+                     wall_s=time.perf_counter() - start, interrupted=interrupted, selected=len(cases))

@@ -5,6 +5,9 @@ that are wrong in one specific way each, so every check of the harness can be se
 
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 
 from gdn_verify.reference import recurrent_gated_delta_rule
@@ -85,3 +88,86 @@ def one_ulp(*args, **kwargs):
         flip &= o.abs() < 1e-3
     ints = torch.where(flip, ints ^ 1, ints)
     return ints.view(o.dtype), final_state
+
+
+# -- Hostile implementations: each must be caught by the harness itself --------------------
+
+def _state_like(q, v, cu_seqlens, initial_state):
+    N = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.zeros(N, v.shape[2], q.shape[3], v.shape[3], dtype=dtype, device=v.device)
+
+
+def zeroes_its_inputs(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                      use_qk_l2norm_in_kernel=False):
+    """Zeroes v and the initial state in place and returns zeros: exactly right for the inputs
+    it leaves behind, so only a check of the inputs themselves can catch it."""
+    v.zero_()
+    if initial_state is not None:
+        initial_state.zero_()
+    return torch.zeros_like(v), _state_like(q, v, cu_seqlens, initial_state)
+
+
+def overwrites_beta(q, k, v, g, beta, *args, **kwargs):
+    """Sets beta to 1 in place, then computes the right answer for the beta it left behind."""
+    beta.fill_(1)
+    return rounded_reference(q, k, v, g, beta, *args, **kwargs)
+
+
+def float32_o(*args, **kwargs):
+    """Right values, but o always float32 (the dtype must be v's)."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    return o.float(), final_state
+
+
+def float64_state(*args, **kwargs):
+    """Right values, but the final state always float64 (float32 is the contract, float64 in exact mode)."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    return o, final_state.double()
+
+
+def o_on_meta(*args, **kwargs):
+    """o on another device than its inputs (the meta device exists everywhere)."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    return o.to("meta"), final_state
+
+
+def o_transposed(*args, **kwargs):
+    """o as [B, T, V, HV]."""
+    o, final_state = rounded_reference(*args, **kwargs)
+    return o.transpose(-1, -2), final_state
+
+
+def no_final_state(*args, **kwargs):
+    o, _ = rounded_reference(*args, **kwargs)
+    return o, None
+
+
+def exits_0(*args, **kwargs):
+    sys.exit(0)
+
+
+class _Escape(BaseException):
+    """Neither an Exception nor SystemExit / KeyboardInterrupt."""
+
+
+def raises_base_exception(*args, **kwargs):
+    raise _Escape("deliberate")
+
+
+def hangs_on_first_call(*args, **kwargs):
+    """Sleeps (in Python) for a minute on its first call, then is rounded_reference. Tests reset `.calls`."""
+    hangs_on_first_call.calls = getattr(hangs_on_first_call, "calls", 0) + 1
+    if hangs_on_first_call.calls == 1:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return rounded_reference(*args, **kwargs)
+
+
+def interrupted_on_two_sequences_of_65(q, *args, **kwargs):
+    """rounded_reference, except a KeyboardInterrupt on a dense batch of two 65-token
+    sequences (the second smoke case's own call): an interrupt in mid-run."""
+    if tuple(q.shape[:2]) == (2, 65):
+        raise KeyboardInterrupt
+    return rounded_reference(q, *args, **kwargs)

@@ -113,7 +113,7 @@ def test_unused_and_prune(tmp_path, fp):
     report = regenerate(tmp_path, fp, run_items([("b", 2)]))
     assert report.unused == ["a", "c"] and not report.pruned
     assert GoldenStore(tmp_path).for_platform(fp).case_ids() == {"a", "b", "c"}
-    pruned = regenerate(tmp_path, fp, run_items([("b", 2)]), prune=True)
+    pruned = regenerate(tmp_path, fp, run_items([("b", 2)]), prune=True, whole_suite=True)
     assert pruned.pruned == ["a", "c"]
     store = GoldenStore(tmp_path).for_platform(fp)
     assert store.case_ids() == {"b"} and len(list(store.directory.glob("*.safetensors"))) == 1
