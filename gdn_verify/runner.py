@@ -390,7 +390,6 @@ def run_case(case: Case, impl: Impl, device: str, options: RunOptions,
     if reason is not None:
         return CaseResult(case=case, status=STATUS_NOT_SUPPORTED, failures=[], inputs_digest="",
                           not_supported=[reason]), None
-    backend = backend_of(device)
     timing: dict[str, float] = {}
     start = time.perf_counter()
     cpu_inputs = make_inputs(case)

@@ -25,8 +25,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRET = tl.constexpr(INTERPRET)
 
 
-def _halvings(shape) -> tuple[list[int], list[int]]:
-    """(outer dims, the inner dim's successive halves) of a product tile [..., K]."""
+@triton.jit
+def _halvings(shape):
+    """(outer dims, the inner dim's successive halves) of a product tile [..., K]; interpreter only."""
     dims = [int(getattr(d, "value", d)) for d in shape]
     widths, width = [], dims[-1]
     while width > 1:

@@ -8,7 +8,6 @@ through the whole smoke suite under the interpreter.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
@@ -26,18 +25,6 @@ from gdn_verify.runner import RunOptions, run_cases, variant_audit
 import gdn_doubles
 
 NO_EXTRAS = dict(audit=False, diagnose=False)
-
-
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """Golden runs pin the interpreter's thread counts; give other tests theirs back."""
-    from gdn_verify.platform import BLAS_THREAD_ENV_VARS
-
-    for var in BLAS_THREAD_ENV_VARS:
-        monkeypatch.setenv(var, os.environ.get(var, ""))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*argv) -> int:

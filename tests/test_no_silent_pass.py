@@ -26,16 +26,7 @@ TWO = ["--suite", "smoke", "--max-cases", "2"]
 GOOD = ["--impl", "gdn_doubles:rounded_reference", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads(monkeypatch):
-    """Golden runs pin the interpreter's thread counts; give other tests theirs back."""
-    from gdn_verify.platform import BLAS_THREAD_ENV_VARS
-
-    for var in BLAS_THREAD_ENV_VARS:
-        monkeypatch.setenv(var, os.environ.get(var, ""))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def run(*argv) -> int:
