@@ -33,10 +33,30 @@ from gdn_verify.platform import CPU_DISPATCH_ENV  # noqa: E402  (stdlib only: sa
 # that every process a session starts has it.
 INTERPRETER_ENV = {**CPU_DISPATCH_ENV, "TRITON_INTERPRET": "1", "HYPOTHESIS_PROFILE": "ci"}
 
+# Our kernels under the gate, each with its golden root and report stem: the chunk kernel and
+# the token-by-token decode kernel (a bug confined to the decode kernel must fail the gate too).
+# Each implementation keeps its goldens in a root of its own; the chunk kernel's is goldens/
+# itself, where its store was committed first (a store's platform directories sit directly
+# under its root, so goldens/gdn-recurrent/ is not one of goldens/'s stores).
+OUR_KERNELS = (("gdn", "goldens", ""), ("gdn-recurrent", "goldens/gdn-recurrent", "-recurrent"))
+
 
 def _install(session: nox.Session, *extra: str, triton: str | None = None, pins=(CPU_TORCH,)) -> None:
     session.install(*pins, *([f"triton=={triton}"] if triton else []))
     session.install("-e", f".{'[' + ','.join(extra) + ']' if extra else ''}", *pins)
+
+
+def _each_kernel(session: nox.Session, what: str, command, env: dict) -> None:
+    """command(impl, goldens root, report stem) for each of OUR_KERNELS; all of them run, and
+    the session fails after the last if any failed."""
+    failed = []
+    for impl, goldens, stem in OUR_KERNELS:
+        try:
+            session.run(*command(impl, goldens, stem), env=env)
+        except nox.command.CommandFailed as exc:
+            failed.append(f"{impl} (exit {getattr(exc, 'return_code', None)})")
+    if failed:
+        session.error(f"{what} failed for {', '.join(failed)}")
 
 
 def _pytest(session: nox.Session, junit: str, *args: str) -> None:
@@ -49,8 +69,9 @@ def _pytest(session: nox.Session, junit: str, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite on the CPU, kernels under the Triton interpreter."""
-    _install(session, "test")
+    """The test suite on the CPU, kernels under the Triton interpreter (with Hugging Face
+    transformers, the CPU-side external implementation judged under its declared design)."""
+    _install(session, "test", "hf")
     _pytest(session, "junit-tests.xml")
 
 
@@ -65,28 +86,37 @@ def tests_triton(session: nox.Session, triton: str) -> None:
 
 @nox.session
 def verify(session: nox.Session) -> None:
-    """The main job: a verification run on the best available backend, with its reports."""
+    """The main job: our chunk and decode kernels verified on the best available backend.
+
+    Each kernel runs against its own goldens, with its reports (out/verify.*,
+    out/verify-recurrent.*). Arguments that name an --impl run that implementation alone,
+    against goldens/."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
     args = session.posargs or ["--suite", "cpu"]
-    session.run(
-        "gdn-verify", "run", "--device", "auto", "--goldens", "goldens",
-        "--json", str(OUT / "verify.json"), "--markdown", str(OUT / "verify.md"), *args,
-        env=CPU_DISPATCH_ENV,  # the CLI itself switches to the interpreter when the device is the CPU
-    )
+    env = CPU_DISPATCH_ENV  # the CLI itself switches to the interpreter when the device is the CPU
+    if "--impl" in args or any(a.startswith("--impl=") for a in args):
+        session.run("gdn-verify", "run", "--device", "auto", "--goldens", "goldens",
+                    "--json", str(OUT / "verify.json"), "--markdown", str(OUT / "verify.md"), *args, env=env)
+        return
+    _each_kernel(session, "verify", lambda impl, goldens, stem: (
+        "gdn-verify", "run", "--impl", impl, "--device", "auto", "--goldens", goldens,
+        "--json", str(OUT / f"verify{stem}.json"), "--markdown", str(OUT / f"verify{stem}.md"), *args), env)
 
 
 @nox.session(name="golden-check")
 def golden_check(session: nox.Session) -> None:
-    """The cpu suite against the committed goldens: fails on any unexpected bitwise diff, and
-    exits 2 when no store of this platform exists or any case has no golden (never a silent pass)."""
+    """The cpu suite through our chunk and decode kernels against their committed goldens.
+
+    Stores: goldens/ and goldens/gdn-recurrent/. Fails on any unexpected bitwise diff, and
+    exits 2 when no store of this platform exists or any case has no golden (never a silent
+    pass). Reports: out/gate.*, out/gate-recurrent.*."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
-    session.run(
-        "gdn-verify", "run", "--suite", "cpu", "--device", "cpu", "--goldens", "goldens", "--require-goldens",
-        "--json", str(OUT / "gate.json"), "--markdown", str(OUT / "gate.md"), *session.posargs,
-        env=INTERPRETER_ENV,
-    )
+    _each_kernel(session, "golden-check", lambda impl, goldens, stem: (
+        "gdn-verify", "run", "--suite", "cpu", "--impl", impl, "--device", "cpu", "--goldens", goldens,
+        "--require-goldens", "--json", str(OUT / f"gate{stem}.json"), "--markdown", str(OUT / f"gate{stem}.md"),
+        *session.posargs), INTERPRETER_ENV)
 
 
 @nox.session(requires=["tests", "golden-check"])
@@ -97,32 +127,47 @@ def gate(session: nox.Session) -> None:
 
 @nox.session
 def golden(session: nox.Session) -> None:
-    """Regenerate goldens on purpose: new cases only; pass --force to rewrite existing ones."""
+    """Regenerate our kernels' goldens on purpose (new cases only; --force rewrites)."""
     _install(session, pins=GOLDEN_PINS)
-    session.run(
-        "gdn-verify", "golden", "regen", "--suite", "cpu", "--goldens", "goldens", *session.posargs,
-        env=INTERPRETER_ENV,
-    )
+    _each_kernel(session, "golden regen", lambda impl, goldens, stem: (
+        "gdn-verify", "golden", "regen", "--suite", "cpu", "--impl", impl, "--goldens", goldens,
+        *session.posargs), INTERPRETER_ENV)
 
 
 @nox.session
 def mutants(session: nox.Session) -> None:
-    """Known GDN bug classes applied to a copy of kernels/: the cpu suite must catch each one."""
+    """Known GDN bug classes applied to a copy of kernels/: the cpu suite must catch each one.
+
+    The built-in mutants run through the chunk kernel; mutants/gdn-recurrent.toml's through the
+    decode kernel (out/mutants.json, out/mutants-recurrent.json)."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
-    session.run("gdn-verify", "mutate", "--suite", "cpu", "--goldens", "goldens",
-                "--json", str(OUT / "mutants.json"), *session.posargs, env=INTERPRETER_ENV)
+    failed = []
+    for what, args in (
+        ("chunk kernel", ("--goldens", "goldens", "--json", str(OUT / "mutants.json"))),
+        ("decode kernel", ("--mutants", str(ROOT / "mutants" / "gdn-recurrent.toml"),
+                           "--json", str(OUT / "mutants-recurrent.json"))),
+    ):
+        try:
+            session.run("gdn-verify", "mutate", "--suite", "cpu", *args, *session.posargs, env=INTERPRETER_ENV)
+        except nox.command.CommandFailed as exc:
+            failed.append(f"{what} (exit {getattr(exc, 'return_code', None)})")
+    if failed:
+        session.error(f"mutation run failed for the {', '.join(failed)}")
 
 
 @nox.session(venv_backend="none")
 def gpu(session: nox.Session) -> None:
-    """On a CUDA machine, in its own Python: compiled-kernel tests, the gpu suite, benchmarks."""
+    """On a CUDA machine, in its own Python: compiled-kernel tests, the gpu suite, benchmarks.
+
+    The gpu suite runs through both of our kernels, each against its own goldens (reports
+    out/gpu.*, out/gpu-recurrent.*)."""
     OUT.mkdir(exist_ok=True)
     session.run("python", "-m", "pytest", "-q", f"--junit-xml={OUT / 'junit-gpu.xml'}", "tests")
-    session.run(
-        "python", "-m", "gdn_verify", "run", "--suite", "gpu", "--device", "cuda", "--goldens", "goldens",
-        "--json", str(OUT / "gpu.json"), "--markdown", str(OUT / "gpu.md"), *session.posargs,
-    )
+    _each_kernel(session, "gpu suite", lambda impl, goldens, stem: (
+        "python", "-m", "gdn_verify", "run", "--suite", "gpu", "--impl", impl, "--device", "cuda",
+        "--goldens", goldens, "--json", str(OUT / f"gpu{stem}.json"), "--markdown", str(OUT / f"gpu{stem}.md"),
+        *session.posargs), None)
     _run_benchmarks(session)
 
 

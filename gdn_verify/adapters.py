@@ -18,7 +18,11 @@ the inputs to its conventions and its outputs back:
   input dtypes it accepts. A case that needs something missing raises `NotSupported`; the
   runner reports it as "not supported", never as a pass and never as a failure;
 * keyword_tensors: q, k, v, g, beta passed by keyword (when the positional order differs);
-  cu_seqlens_dtype: the integer dtype it documents for cu_seqlens.
+  cu_seqlens_dtype: the integer dtype it documents for cu_seqlens;
+* design: its precision design (gdn_verify/designs.py): which quantities it stores rounded and
+  how it rounds dot operands. One other than ours is judged against its emulated error instead
+  of the tolerance table (compare.py), and a design whose state is narrower than the contract's
+  final state (float32 arithmetic on float64 inputs) returns the final state in that dtype.
 
 Calling an adapter guards the harness against the implementation: it gets copies of its
 arguments, each compared bit for bit with the original after the call, and its outputs must
@@ -51,6 +55,7 @@ import torch
 
 from gdn_verify.cases import Case
 from gdn_verify.contract import L2NORM_EPS, SUPPORTED_DTYPES
+from gdn_verify.designs import FLA, GDN, PrecisionDesign
 
 LAYOUTS = ("batched", "packed")
 STATE_LAYOUTS = ("kv", "vk")
@@ -149,27 +154,47 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _copy(x):
-    return x.clone() if isinstance(x, torch.Tensor) else x
+def _copier() -> Callable:
+    """A function copying tensors for one call: each distinct storage is cloned once and every
+    tensor rebuilt on the clone with its own offset, shape and strides, so views of one buffer
+    (q, k, v split from a fused projection) reach the implementation as such views."""
+    clones: dict[tuple, torch.UntypedStorage] = {}
+
+    def copy(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        storage = x.untyped_storage()
+        key = (x.device, storage.data_ptr())
+        if key not in clones:
+            clones[key] = storage.clone()
+        return torch.empty(0, dtype=x.dtype, device=x.device).set_(clones[key], x.storage_offset(), x.shape,
+                                                                   x.stride())
+
+    return copy
 
 
 def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def output_problems(inputs: dict[str, torch.Tensor], o, final_state) -> list[str]:
+def output_problems(inputs: dict[str, torch.Tensor], o, final_state,
+                    design: PrecisionDesign | None = None) -> list[str]:
     """How the outputs of a call on `inputs` (the suite's conventions) break the contract:
     o [B, T, HV, V] in v's dtype and final_state [N, HV, K, V] in float32 (float64 when the
-    inputs are: exact mode), both on the inputs' device."""
+    inputs are: exact mode; the design's state dtype where that is narrower), both on the
+    inputs' device."""
     q, v, cu = inputs["q"], inputs["v"], inputs.get("cu_seqlens")
     B, T, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = B if cu is None else len(cu) - 1
     exact = v.dtype == torch.float64
+    state_dtype = torch.float64 if exact else torch.float32
+    state_why = "exact mode: float64 inputs" if exact else "float32 whatever the input dtype; float64 in exact mode"
+    if design is not None and design.final_state_dtype(v.dtype) != state_dtype:
+        state_dtype = design.final_state_dtype(v.dtype)
+        state_why = f"the state dtype of its declared design {design.name}"
     expected = (("o", o, (B, T, HV, V), "[B, T, HV, V]", v.dtype, "v's dtype"),
-                ("final_state", final_state, (N, HV, K, V), "[N, HV, K, V]",
-                 torch.float64 if exact else torch.float32,
-                 "exact mode: float64 inputs" if exact else "float32 whatever the input dtype; float64 in exact mode"))
+                ("final_state", final_state, (N, HV, K, V), "[N, HV, K, V]", state_dtype, state_why))
     problems = []
     for name, t, shape, dims, dtype, why in expected:
         if t is None:
@@ -227,7 +252,8 @@ class PreparedCall:
     def run_guarded(self, fn: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The call on copies of the arguments; raises ContractViolation naming every
         argument the implementation wrote into."""
-        args, kwargs = tuple(_copy(x) for x in self.args), {k: _copy(x) for k, x in self.kwargs.items()}
+        copy = _copier()
+        args, kwargs = tuple(copy(x) for x in self.args), {k: copy(x) for k, x in self.kwargs.items()}
         result = fn(*args, **kwargs)
         # Positional tensors are always the token tensors, in TOKEN_TENSORS order.
         given = list(zip(TOKEN_TENSORS, self.args, args)) + [(k, self.kwargs[k], kwargs[k]) for k in self.kwargs]
@@ -274,6 +300,7 @@ class Adapter:
     keyword_tensors: bool = False
     cu_seqlens_dtype: str | None = None
     notes: str = ""
+    design: PrecisionDesign | None = None  # None: none declared (judged by the tolerance table)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lacks", frozenset(self.lacks))
@@ -292,6 +319,8 @@ class Adapter:
                              f"got {self.cu_seqlens_dtype!r}")
         if self.l2norm == "kernel" and not self.l2norm_arg.isidentifier():
             raise ValueError(f"l2norm_arg: expected a keyword argument name, got {self.l2norm_arg!r}")
+        if self.design is not None and not isinstance(self.design, PrecisionDesign):
+            raise ValueError(f"design: expected a designs.PrecisionDesign, got {type(self.design).__name__}")
 
     @property
     def supports_poison(self) -> bool:
@@ -315,6 +344,8 @@ class Adapter:
             del out["l2norm_arg"]
         if self.notes:
             out["notes"] = self.notes
+        if self.design is not None:
+            out["design"] = f"{self.design.name} ({self.design.spec})"
         return out
 
     def unsupported(self, case: Case) -> str | None:
@@ -344,7 +375,7 @@ class Adapter:
         implementation) when these inputs need something it lacks, and ContractViolation when
         the implementation wrote into its inputs or returned outputs the contract does not allow."""
         o, final_state = self.prepare(case, inputs).run_guarded(self.fn)
-        problems = output_problems(inputs, o, final_state)
+        problems = output_problems(inputs, o, final_state, self.design)
         if problems:
             raise ContractViolation(problems)
         return o, final_state
@@ -494,7 +525,7 @@ def _ours(name: str, device: str | None) -> Adapter:
     if fn is None:
         raise ImplError(f"--impl {name!r}: {KERNELS_MODULE} has no {OURS[name]}")
     inter = getattr(kernels, "chunk_gated_delta_rule_intermediates", None) if name == "gdn" else None
-    return Adapter(spec=name, fn=fn, ours=True, intermediates=inter, variants=our_compiled_variants)
+    return Adapter(spec=name, fn=fn, ours=True, intermediates=inter, variants=our_compiled_variants, design=GDN)
 
 
 def fla_version() -> str | None:
@@ -543,7 +574,8 @@ def _fla(name: str, device: str | None) -> Adapter:
     if not str(device or "").startswith("cuda"):
         dtypes, note = dtypes[:2], note + "; bfloat16 is not run under Triton's interpreter, which truncates its stores"
     return Adapter(spec=name, fn=fn, variants=triton_variants("fla"), keyword_tensors=True, dtypes=dtypes,
-                   dtypes_note=note, cu_seqlens_dtype="int64", notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}")
+                   dtypes_note=note, cu_seqlens_dtype="int64", notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}",
+                   design=FLA)
 
 
 @dataclass(frozen=True)

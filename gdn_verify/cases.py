@@ -2,10 +2,15 @@
 
 A `Case` is everything needed to regenerate one problem's inputs bit for bit: the layout and
 sequence lengths, head counts and sizes, dtype, the gate / beta / initial-state regimes, the
-l2norm flag, the scale and a seed. Its `id` is the one name used everywhere: pytest ids,
-report rows and golden file names. The id spells out shape and dtype always and adds a suffix
-only for a regime that differs from the default, so the common case reads short:
-``varlen-0.1.16.63-h4x8-d128-bf16`` or ``dense-b1-t64-h1x2-d16-f32-gstrong-beta1-state0``.
+l2norm flag, the dtype of beta, the scale and a seed. Its `id` is the one name used
+everywhere: pytest ids, report rows and golden file names. The id spells out shape and dtype
+always and adds a suffix only for a regime that differs from the default, so the common case
+reads short: ``varlen-0.1.16.63-h4x8-d128-bf16`` or
+``dense-b1-t64-h1x2-d16-f32-gstrong-beta1-state0``.
+
+A field added after goldens were written has a default that leaves `to_dict` (and so the
+input seed, the inputs and the stored case spec) of every existing case as it was: its key
+appears only when it differs from the default.
 
 Suites mix hand-picked boundary cases with a deterministic sample of the large product of
 axes (the JAX-tests habit): the sample is a stream keyed by (suite seed, draw index), so it
@@ -31,10 +36,19 @@ GATES = ("zero", "mild", "strong", "mixed", "extreme")
 CYCLED_GATES = GATES[:4]
 BETAS = ("zero", "one", "random")
 INIT_STATES = ("none", "random")
+# beta's dtype: None = the case dtype (a model's sigmoid in its activation dtype); "float32" = a
+# gating kernel's float32 output beside 16-bit q, k, v (g is float32 in every case). The contract
+# allows g and beta in q's dtype or float32; float32 is the default's own dtype for float32 cases
+# and a narrowing for float64 ones, so the choice exists beside float16 and bfloat16 only.
+BETA_DTYPES = (None, "float32")
+BETA_DTYPE_CASE_DTYPES = ("float16", "bfloat16")
 
 DTYPE_TAGS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 _GATE_TAGS = {"zero": "gzero", "mild": "", "strong": "gstrong", "mixed": "gmixed", "extreme": "gextreme"}
 _BETA_TAGS = {"zero": "beta0", "one": "beta1", "random": ""}
+_BETA_DTYPE_TAGS = {None: "", "float32": "betaf32"}
+# Fields whose key `to_dict` leaves out at their default (see the module docstring).
+_OMITTED_AT_DEFAULT = {"beta_dtype": None}
 
 # Up to this many packed lengths are spelled out in the id; longer packs are named by count,
 # total and a digest of the lengths (a 64-sequence id would not fit a file name otherwise).
@@ -62,6 +76,7 @@ class Case:
     l2norm: bool = False
     scale: float | None = None
     seed: int = 0
+    beta_dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seq_lens", tuple(int(n) for n in self.seq_lens))
@@ -86,6 +101,11 @@ class Case:
             raise ValueError(f"scale: expected None or a finite number, got {self.scale!r}")
         if self.seed < 0:
             raise ValueError(f"seed: expected >= 0, got {self.seed}")
+        if self.beta_dtype not in BETA_DTYPES:
+            raise ValueError(f"beta_dtype: expected one of {BETA_DTYPES}, got {self.beta_dtype!r}")
+        if self.beta_dtype is not None and self.dtype not in BETA_DTYPE_CASE_DTYPES:
+            raise ValueError(f"beta_dtype: {self.beta_dtype} applies beside dtype in {BETA_DTYPE_CASE_DTYPES} "
+                             f"(beta is in the case dtype otherwise), got dtype {self.dtype}")
 
     # Sizes of the tensors the case becomes.
     @property
@@ -119,7 +139,7 @@ class Case:
     def id(self) -> str:
         parts = [self.layout, _lens_tag(self), f"h{self.H}x{self.HV}",
                  f"d{self.K}" if self.K == self.V else f"k{self.K}v{self.V}", DTYPE_TAGS[self.dtype],
-                 _GATE_TAGS[self.gate], _BETA_TAGS[self.beta],
+                 _GATE_TAGS[self.gate], _BETA_TAGS[self.beta], _BETA_DTYPE_TAGS[self.beta_dtype],
                  "state0" if self.init_state == "random" else "", "l2n" if self.l2norm else ""]
         if self.scale is not None:
             parts.append(f"sc{self.scale:g}")
@@ -142,6 +162,9 @@ class Case:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["seq_lens"] = list(self.seq_lens)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -294,6 +317,25 @@ def _extreme_gates(model: tuple[int, int, int, int], dense_T: int, packed: tuple
             + [varlen(packed, dtype=dtype, l2norm=True, **shape) for dtype in ("float32", "bfloat16")])
 
 
+def _model_calls_cpu() -> list[Case]:
+    """Shapes and dtypes as serving models call the kernels, small enough for the interpreter:
+    beta in float32 from a gating kernel beside bfloat16 / float16 q, k, v; three value heads per
+    key head (a 48/16 model), with two key heads so that the head map matters; and V above the
+    kernels' value blocks (output and decode kernels 64 columns, the recurrence 32) with several
+    value heads, so that every stage runs more than one value block per head, a partial one
+    included (V = 96)."""
+    return [
+        dense(100, B=2, H=1, HV=2, K=16, V=16, dtype="bfloat16", beta_dtype="float32", init_state="random"),
+        varlen((0, 1, 16, 63), H=1, HV=2, K=16, V=16, dtype="float16", beta_dtype="float32", gate="mixed",
+               l2norm=True),
+        varlen((5, 70, 1), H=1, HV=3, K=16, V=16, dtype="float32", gate="mixed"),
+        dense(33, H=2, HV=6, K=16, V=96, dtype="float32", init_state="random"),
+        varlen((3, 64, 66), H=1, HV=2, K=16, V=128, dtype="bfloat16", beta_dtype="float32", l2norm=True,
+               init_state="random"),
+        dense(40, H=1, HV=3, K=16, V=80, dtype="float64", gate="mixed"),
+    ]
+
+
 def _cpu(count: int) -> list[Case]:
     # Small heads keep the interpreter fast; the shape logic does not depend on their size.
     cases = _cycled(_dense(EDGE_T), (1, 2, 16, 16), ("float64", "bfloat16"))
@@ -310,6 +352,7 @@ def _cpu(count: int) -> list[Case]:
         dense(64, H=1, HV=2, K=16, V=16, dtype="float64", gate="zero", beta="zero", init_state="random"),
     ]
     cases += _extreme_gates((2, 4, 32, 32), 70, (5, 70, 64, 1))
+    cases += _model_calls_cpu()
     axes = {
         "shape": [("dense", (T,) * B) for T in (1, 7, 63, 64, 65, 100) for B in (1, 2)]
         + _packed(VARLEN_PATTERNS),
@@ -354,7 +397,33 @@ def _gpu_hand_picked() -> list[Case]:
         varlen((2000, 1, 3, 500, 0, 77), H=H, HV=HV, K=K, V=V, dtype="bfloat16", gate="mixed", init_state="random"),
     ]
     cases += _extreme_gates(model, 300, (5, 0, 700, 64))
+    cases += _model_calls_gpu()
     return cases
+
+
+# A 48/16 model: three value heads per key head (and its slice on each of four GPUs, 12/4).
+GROUP3_MODELS = ((16, 48, 128, 128), (4, 12, 128, 128))
+
+
+def _model_calls_gpu() -> list[Case]:
+    """Serving-shaped calls: beta in float32 from a gating kernel beside bfloat16 / float16 q, k, v,
+    and three value heads per key head, prefill and decode."""
+    H, HV, K, V = GPU_MODELS[0]
+    big, tp4 = (dict(H=h, HV=hv, K=k, V=v) for h, hv, k, v in GROUP3_MODELS)
+    return [
+        dense(300, H=H, HV=HV, K=K, V=V, dtype="bfloat16", beta_dtype="float32", init_state="random"),
+        dense(129, H=H, HV=HV, K=K, V=V, dtype="float16", beta_dtype="float32", gate="mixed", l2norm=True),
+        varlen((5, 0, 700, 64), H=H, HV=HV, K=K, V=V, dtype="bfloat16", beta_dtype="float32", l2norm=True,
+               init_state="random"),
+        varlen(_many_short(64, seed=4), H=H, HV=HV, K=K, V=V, dtype="bfloat16", beta_dtype="float32",
+               init_state="random"),
+        dense(1000, **big, dtype="bfloat16", beta_dtype="float32", l2norm=True, init_state="random"),
+        dense(1, B=8, **big, dtype="bfloat16", beta_dtype="float32", l2norm=True, init_state="random"),
+        varlen((3, 500, 1, 64), **tp4, dtype="bfloat16", gate="mixed", l2norm=True, init_state="random"),
+        dense(65, **tp4, dtype="float32", init_state="random"),
+        dense(777, **tp4, dtype="float16", gate="strong"),
+        varlen((130, 1, 2), H=2, HV=6, K=100, V=60, dtype="float32", gate="mixed", init_state="random"),
+    ]
 
 
 def _gpu_axes() -> dict[str, Sequence]:

@@ -4,20 +4,22 @@
                    [--markdown PATH] [--repro-dir DIR] [--cases PATTERN] [--max-cases N] [--jax]
                    [--case-timeout SECONDS]
     gdn-verify cases --suite S [--cases PATTERN] [--max-cases N]
-    gdn-verify golden regen --suite S --goldens DIR [--force] [--prune] [--max-golden-bytes N]
-                            [--case-timeout SECONDS]
-    gdn-verify golden diff --suite S --goldens DIR [--case-timeout SECONDS]
+    gdn-verify golden regen --suite S --impl I --goldens DIR [--force] [--prune] [--max-golden-bytes N]
+                            [--no-audit] [--case-timeout SECONDS]
+    gdn-verify golden diff --suite S --impl I --goldens DIR [--markdown PATH] [--json PATH]
+                           [--against-impl] [--no-audit] [--case-timeout SECONDS]
     gdn-verify selfcheck
     gdn-verify mutate [--suite S] [--cases PATTERN] [--mutant NAME ...] [--goldens DIR] [--json PATH]
+                      [--mutants FILE [--package NAME] [--impl I] [--device D]] [--no-audit]
     gdn-verify compare --impl A [convention flags] --impl B ... --suite S [--device D] [--json PATH]
                        [--markdown PATH] [--bench] [--time-budget SECONDS]
 
 --impl is gdn, gdn-recurrent, fla-chunk, fla-recurrent or module:function. Convention flags
 (--layout, --state-layout, --gate-space, --head-map, --l2norm, --l2norm-arg, --no-initial-state,
 --no-final-state, --no-cu-seqlens, --no-scale, --no-gva, --dtypes, --keyword-tensors,
---cu-seqlens-dtype) declare how an implementation differs from the common signature
-(gdn_verify/adapters.py); each applies to the --impl before it (flags before any --impl apply
-to the first).
+--cu-seqlens-dtype, --design) declare how an implementation differs from the common signature
+(gdn_verify/adapters.py; --design NAME|SPEC: its precision design, gdn_verify/designs.py); each
+applies to the --impl before it (flags before any --impl apply to the first).
 
 Exit codes: 0 every check passed; 1 a check failed or a bitwise diff against the goldens (or a
 run or `golden regen` stopped by SIGTERM / SIGINT before its last case: the reports hold the
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -166,6 +169,16 @@ class _ConventionAction(argparse.Action):
         setattr(namespace, self.dest, requests)
 
 
+def _design(text: str):
+    """--design: a named design or a spec (designs.parse_design)."""
+    from gdn_verify.designs import parse_design
+
+    try:
+        return parse_design(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _impl_requests(requests) -> list[tuple[str, dict]]:
     """(spec, conventions) per --impl; our chunk kernel when no --impl was given."""
     return [(spec or "gdn", conventions) for spec, conventions in (requests or [(None, {})])]
@@ -238,7 +251,8 @@ def cmd_run(args) -> int:
     cases = _cases(args)
     impl = _impl(args.impl, device)
     options = RunOptions(jax=args.jax, goldens=args.goldens, require_goldens=args.require_goldens,
-                         repro_dir=args.repro_dir, audit=not args.no_audit, case_timeout=args.case_timeout)
+                         repro_dir=args.repro_dir, audit=not args.no_audit, case_timeout=args.case_timeout,
+                         against_impl=args.against_impl)
     # SIGTERM / SIGINT stop the run between or inside cases; the reports still hold what ran.
     with _stop_on_signals():
         result, console = _run_with_progress(args, cases, impl, device, options)
@@ -259,12 +273,18 @@ def cmd_golden_regen(args) -> int:
     from gdn_verify.goldens import GoldenError, regenerate
     from gdn_verify.runner import INTERRUPTED, STATUS_NOT_SUPPORTED, STATUS_PASS, RunOptions
 
+    from gdn_verify.identity import describe_key, describe_revision, implementation_identity
+
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
     impl = _impl(args.impl, device)
+    identity = implementation_identity(impl)
+    if not args.against_impl:
+        _refuse_other_implementation(args.goldens, device, identity)
     # Goldens are the outputs of passing runs only: a case that fails its reference check
-    # is reported and never written.
-    options = RunOptions(invariants=(), diagnose=False, audit=False, case_timeout=args.case_timeout)
+    # is reported and never written. The variant audit runs too (a few calls): the store
+    # records its counts, which `golden diff` compares on a later revision.
+    options = RunOptions(invariants=(), diagnose=False, audit=not args.no_audit, case_timeout=args.case_timeout)
     passing = []
 
     def keep(result, outputs):
@@ -274,11 +294,12 @@ def cmd_golden_regen(args) -> int:
     # Stopped by a wall-clock limit (a GPU session's compile-bound shards), the run still writes
     # the goldens of the cases that passed before it: each is complete and checked, and the
     # store is updated in one atomic step as always. Only --prune waits for a whole run.
-    results = []
+    results, audit = [], None
     try:
         with _stop_on_signals():
             result, console = _run_with_progress(args, cases, impl, device, options, on_outputs=keep)
         fp, interrupted, results = result.fingerprint, result.interrupted, result.cases
+        audit = result.variant_audit.to_json() if result.variant_audit is not None else None
     except KeyboardInterrupt:  # stopped outside the cases (before the first, or while reporting)
         from gdn_verify.platform import fingerprint
         from gdn_verify.report import make_console
@@ -295,10 +316,15 @@ def cmd_golden_regen(args) -> int:
         regen = regenerate(args.goldens, fp, passing, force=args.force, prune=args.prune,
                            whole_suite=args.cases is None and args.max_cases is None, not_passed=not_passed,
                            skipped=[r.id for r in done if r.status == STATUS_NOT_SUPPORTED],
-                           max_tensor_bytes=args.max_golden_bytes)
+                           max_tensor_bytes=args.max_golden_bytes, identity=identity, variant_audit=audit,
+                           other_implementation=args.against_impl)
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     console.print(regen.rich_table())
+    variants = "not counted" if audit is None or not audit.get("after_sweep") else (
+        f"{sum(audit['after_sweep'].values())} compiled variants over {len(audit['after_sweep'])} kernels")
+    console.print(f"implementation {describe_key(identity)}: {describe_revision(identity)}; {variants}",
+                  markup=False, highlight=False)
     if interrupted:
         console.print(f"interrupted after {len(done)} of {len(cases)} cases: the goldens of the "
                       f"{len(passing)} that passed are written, the other cases were not run"
@@ -306,17 +332,36 @@ def cmd_golden_regen(args) -> int:
     return EXIT_FAIL if regen.incomplete or interrupted else EXIT_PASS
 
 
+def _refuse_other_implementation(goldens: str, device: str, identity: dict) -> None:
+    """Before a regen runs any case: CLIError when the store for this platform under goldens
+    was written by another implementation (regenerate refuses it too, after the run)."""
+    from gdn_verify.goldens import GoldenError, GoldenStore, implementation_mismatch
+    from gdn_verify.platform import fingerprint
+
+    try:
+        store = GoldenStore(goldens).for_platform(fingerprint(device))
+    except (GoldenError, OSError) as exc:
+        raise CLIError(f"--goldens {goldens}: {exc}") from exc
+    if store is not None:
+        mismatch = implementation_mismatch(store.identity, identity, store.directory)
+        if mismatch is not None:
+            raise CLIError(f"{mismatch}; write its goldens to a store of their own (another --goldens DIR)")
+
+
 def cmd_golden_diff(args) -> int:
     from rich.table import Table
 
-    from gdn_verify.report import digest_only_hints
+    from gdn_verify.golden_pr import StoreDiff
+    from gdn_verify.report import digest_only_hints, write_atomic
     from gdn_verify.runner import RunOptions
 
     device = _device(args.device, pin_threads=True)
     cases = _cases(args)
     impl = _impl(args.impl, device)
-    options = RunOptions(reference=False, invariants=(), diagnose=False, audit=False, goldens=args.goldens,
-                         case_timeout=args.case_timeout)
+    # The variant audit runs so that the report can set this revision's compiled-variant
+    # counts against those the store recorded.
+    options = RunOptions(reference=False, invariants=(), diagnose=False, audit=not args.no_audit,
+                         goldens=args.goldens, case_timeout=args.case_timeout, against_impl=args.against_impl)
     with _stop_on_signals():
         result, console = _run_with_progress(args, cases, impl, device, options)
     if result.goldens["status"] == "not comparable":
@@ -330,6 +375,11 @@ def cmd_golden_diff(args) -> int:
     console.print(table)
     for hint in digest_only_hints(result.cases):
         console.print(f"hint: {hint}", markup=False, highlight=False)
+    proof = StoreDiff.from_run(result, args.goldens)
+    console.print(proof.render(), markup=False, highlight=False)
+    if _write_reports((("--markdown", args.markdown, lambda p: write_atomic(p, proof.markdown() + "\n")),
+                       ("--json", args.json, lambda p: write_atomic(p, json.dumps(proof.to_json(), indent=1) + "\n")))):
+        return EXIT_SETUP
     if result.interrupted or any(r.golden.unexpected or r.status == "error" for r in result.cases):
         return EXIT_FAIL
     # A diff is a bitwise check by definition: a case without golden was not checked.
@@ -339,13 +389,36 @@ def cmd_golden_diff(args) -> int:
     return EXIT_PASS
 
 
+def _mutation_target(args):
+    """(target, mutants) of a mutate command: our kernels and the built-in mutants, or with
+    --mutants FILE the package it names (--package overrides) and the file's mutants."""
+    from gdn_verify.mutate import OURS, load_mutants, mutant_by_name, package_target, select_mutants
+
+    if not args.mutants:
+        if args.package or args.impl:
+            raise CLIError(f"{'--package' if args.package else '--impl'}: needs --mutants FILE (the built-in "
+                           "mutants apply to our kernels and run our chunk kernel)")
+        return OURS, mutant_by_name(args.mutant)
+    mutant_set = load_mutants(args.mutants)
+    package = args.package or mutant_set.package
+    if not package:
+        raise CLIError(f"--mutants {args.mutants}: name the package to mutate (--package NAME, or package = "
+                       "\"NAME\" in the file)")
+    spec = args.impl or mutant_set.impl or "gdn"
+    device = _device(args.device or mutant_set.device or "auto", pin_threads=False)
+    _impl([(spec, {})], device)  # resolvable here (the real install), before any copy runs
+    return package_target(package, spec, device), select_mutants(mutant_set.mutants, args.mutant)
+
+
 def cmd_mutate(args) -> int:
-    from gdn_verify.mutate import MutationSetupError, mutant_by_name, run_mutants, write_report
+    from gdn_verify.mutate import MutationSetupError, run_mutants, write_report
     from gdn_verify.report import make_console
 
     console = make_console()
     try:
-        report = run_mutants(mutant_by_name(args.mutant), _cases(args), goldens=args.goldens, workers=args.workers,
+        target, mutants = _mutation_target(args)
+        report = run_mutants(mutants, _cases(args), goldens=args.goldens, workers=args.workers,
+                             audit=not args.no_audit, target=target,
                              on_result=lambda r: console.print(r.progress_line(), markup=False, highlight=False))
     except (ValueError, MutationSetupError) as exc:  # MutantError is a ValueError
         raise CLIError(str(exc)) from exc
@@ -446,6 +519,9 @@ def _conventions(p) -> None:
          convert=lambda _: True)
     flag("--cu-seqlens-dtype", "cu_seqlens_dtype", "convert cu_seqlens to this integer dtype",
          choices=tuple(adapters.CU_SEQLENS_DTYPES))
+    flag("--design", "design", "its precision design: gdn, fla, float32, or a spec such as "
+         "'store=Tm,W,U,h,v_new:input;dots=tf32' (gdn_verify/designs.py); a design other than ours is judged "
+         "against its emulated error instead of the tolerance table", type=_design, metavar="NAME|SPEC")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -468,6 +544,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
         _conventions(p)
 
+    def against_impl(p, help="with --goldens: compare even with goldens that another implementation wrote "
+                                 "(exit 2 otherwise); the reports say so"):
+        p.add_argument("--against-impl", action="store_true", help=help)
+
     def timeout(p):
         p.add_argument("--case-timeout", type=_seconds, metavar="SECONDS",
                        help="a case still running after this many seconds is an error (\"timed out\") and the "
@@ -485,6 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repro-dir", metavar="DIR", help="write a standalone reproducer for each failing case")
     p.add_argument("--jax", action="store_true", help="also check the torch reference against the JAX one")
     p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit")
+    against_impl(p)
     timeout(p)
     p.set_defaults(func=cmd_run)
 
@@ -519,12 +600,22 @@ def _parser() -> argparse.ArgumentParser:
                         "without ULP statistics; the store records N for later writers (default: the store's "
                         "recorded cap; for a new store " + ", ".join(
                             f"{n // 1024}K on {backend}" for backend, n in DEFAULT_MAX_TENSOR_BYTES.items()) + ")")
+    p.add_argument("--no-audit", action="store_true",
+                   help="skip the compile-variant audit (the store then records no variant counts)")
+    against_impl(p, "write into a store that another implementation wrote, which then records this one as its "
+                    "writer (exit 2 otherwise: one store, one implementation)")
     timeout(p)
     p.set_defaults(func=cmd_golden_regen)
     p = golden.add_parser("diff", help="bitwise diff of current outputs against the goldens, writing nothing")
     selection(p)
     execution(p)
     p.add_argument("--goldens", metavar="DIR", required=True)
+    p.add_argument("--markdown", metavar="PATH",
+                   help="write the before/after proof for a pull request: cases bitwise equal or their ULP "
+                        "tables, both revisions, compiled variants before and after")
+    p.add_argument("--json", metavar="PATH", help="write the same as JSON")
+    against_impl(p)
+    p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit (no variants after)")
     timeout(p)
     p.set_defaults(func=cmd_golden_diff)
 
@@ -541,6 +632,17 @@ def _parser() -> argparse.ArgumentParser:
                         "made by this run)")
     p.add_argument("--workers", type=int, default=2, help="mutants run in parallel, one subprocess each")
     p.add_argument("--json", metavar="PATH", help="write the mutation results as JSON")
+    p.add_argument("--mutants", metavar="FILE",
+                   help="mutants of another package, TOML or JSON (format: gdn_verify/mutants.py; e.g. "
+                        "mutants/fla.toml); default: the built-in mutants of our kernels")
+    p.add_argument("--package", metavar="NAME",
+                   help="with --mutants: the importable package to mutate (e.g. fla, or gdn_verify.kernels), "
+                        "copied to a temporary directory first on the workers' path; default: the file's package")
+    p.add_argument("--impl", metavar="IMPL", help="with --mutants: the implementation the copies run as "
+                   "(default: the file's impl, else gdn)")
+    p.add_argument("--device", help="with --mutants: auto, cpu (Triton's interpreter), cuda or cuda:N "
+                   "(default: the file's device, else auto)")
+    p.add_argument("--no-audit", action="store_true", help="skip the compile-variant audit of each copy")
     p.set_defaults(func=cmd_mutate)
     return parser
 

@@ -6,7 +6,9 @@ token-by-token kernel, "fla-chunk" and "fla-recurrent" flash-linear-attention's)
     fn(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
        cu_seqlens=None, use_qk_l2norm_in_kernel=False) -> (o, final_state),
 or one that differs from it in the conventions an Adapter declares (passed as keyword
-overrides, the CLI's convention flags). Kernels are imported only when an implementation is
+overrides, the CLI's convention flags). Conventions include the precision design
+(gdn_verify/designs.py): ours declare "gdn", flash-linear-attention's "fla", and a
+module:function declares its own (`design=`, the CLI's --design) or none. Kernels are imported only when an implementation is
 resolved, so a caller can set TRITON_INTERPRET first.
 """
 

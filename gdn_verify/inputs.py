@@ -14,8 +14,9 @@ Ranges follow what a serving model feeds the kernel:
   [-30, -1] per token; mixed = each element zero, mild or strong (1 : 2 : 1); extreme = mild,
   but about one element in 15 and the middle token of every sequence (value head 0) closed
   or huge: -1e3, -1e4, -1e30 or -inf (a hard reset of the head's state mid-chunk).
-* beta (case dtype, as a model's sigmoid output would be): zero = 0, one = 1, random =
-  sigmoid(normal), in (0, 1).
+* beta (case dtype, as a model's sigmoid output would be; float32 beside 16-bit q, k, v when
+  `case.beta_dtype` says so, as a gating kernel's float32 output would be): zero = 0, one = 1,
+  random = sigmoid(normal), in (0, 1).
 * initial state (float32, float64 in exact mode): standard normal, which is non-symmetric
   (K x V with independent entries).
 """
@@ -104,7 +105,8 @@ def make_inputs(case: Case) -> dict[str, torch.Tensor]:
     g = _gate(case, (B, T, HV), gen)
     beta = _beta(case, (B, T, HV), gen)
     state = torch.randn((case.N, HV, K, V), generator=gen)
-    inputs = {"q": q.to(dtype), "k": k.to(dtype), "v": v.to(dtype), "g": g, "beta": beta.to(dtype)}
+    beta_dtype = dtype if case.beta_dtype is None else TORCH_DTYPES[case.beta_dtype]
+    inputs = {"q": q.to(dtype), "k": k.to(dtype), "v": v.to(dtype), "g": g, "beta": beta.to(beta_dtype)}
     if case.init_state == "random":
         inputs["initial_state"] = state.to(torch.float64 if case.dtype == "float64" else torch.float32)
     if case.cu_seqlens is not None:

@@ -8,6 +8,9 @@
 * causality: other data at a sequence's tokens >= t changes no bit of its outputs before t,
   nor any bit of the other sequences' outputs (finite data: a NaN or Inf in a chunk reaches
   every output of that chunk through the chunk form's matrix products, 0 * NaN being NaN);
+* fused-qkv-views: q, k and v given as strided views of one fused projection output
+  [B, T, H*K + H*K + HV*V] (how vLLM splits its fused qkv tensor), holding the same values,
+  give the same bits as the contiguous tensors;
 * stage diagnosis (chunk kernel only, after a failure): the kernel's stage intermediates
   against the chunked reference's, in STAGES.md order; the first stage beyond the case's
   tolerance is named.
@@ -24,11 +27,11 @@ import torch
 
 from gdn_verify.bitwise import bit_diff
 from gdn_verify.cases import Case
-from gdn_verify.compare import TENSORS, compare_tensor, rms_ratio, tolerance
+from gdn_verify.compare import TENSORS, compare_tensor, design_to_judge, emulate, rms_ratio, tolerance
 from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
 from gdn_verify.inputs import make_inputs
 
-INVARIANTS = ("determinism", "batch-invariance", "split-equivalence", "causality")
+INVARIANTS = ("determinism", "batch-invariance", "split-equivalence", "causality", "fused-qkv-views")
 STAGES = ("g_cum", "A", "Tm", "W", "U", "h", "v_new", "o", "final_state")
 # Filler sequences around a lone sequence when the case has no other: a partial chunk before
 # it (so it starts mid-block) and a short one after.
@@ -171,14 +174,23 @@ def split_equivalence(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
     if L < 2:
         return InvariantResult("split-equivalence", True, f"not applicable: sequence {n} has {L} token(s)")
     p = split_point(L)
-    first = SequenceInputs(*(getattr(subject, name)[:p] for name in _TOKEN_TENSORS), state=subject.state)
-    head = _run(impl, case, pack([first], case.layout))
-    second = SequenceInputs(*(getattr(subject, name)[p:] for name in _TOKEN_TENSORS), state=head["final_state"][0])
-    tail = _run(impl, case, pack([second], case.layout))
-    chained = {"o": torch.cat([head["o"], tail["o"]], dim=1), "final_state": tail["final_state"]}
+
+    def chain(run) -> dict[str, torch.Tensor]:
+        first = SequenceInputs(*(getattr(subject, name)[:p] for name in _TOKEN_TENSORS), state=subject.state)
+        head = run(case, pack([first], case.layout))
+        second = SequenceInputs(*(getattr(subject, name)[p:] for name in _TOKEN_TENSORS),
+                                state=head["final_state"][0])
+        tail = run(case, pack([second], case.layout))
+        return {"o": torch.cat([head["o"], tail["o"]], dim=1), "final_state": tail["final_state"]}
+
+    chained = chain(lambda c, i: _run(impl, c, i))
+    # An implementation judged by its precision design: the same chain, emulated (compare.emulate).
+    design = design_to_judge(impl)
+    emulated = None if design is None else chain(lambda c, i: emulate(design, c, i))
     expected = sequence_output(case, reference, n)
     alone = case.with_(layout="dense", seq_lens=(L,))
-    checks = {t: compare_tensor(t, chained[t], expected[t], alone, backend, poisoned=impl.supports_poison)
+    checks = {t: compare_tensor(t, chained[t], expected[t], alone, backend, poisoned=impl.supports_poison,
+                                design=design, emulated=None if emulated is None else emulated[t])
               for t in TENSORS}
     failures = [f for c in checks.values() for f in c.failures]
     what = f"sequence {n} as calls of {p} + {L - p} tokens chained through the final state"
@@ -216,6 +228,26 @@ def causality(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
                            {name: d.to_json() for name, d in diffs.items()})
 
 
+def fused_qkv(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inputs with q, k and v replaced by views of one fused tensor [B, T, H*K + H*K + HV*V]
+    on their device (same values, same dtype): each view keeps the fused row stride, so the
+    token and batch strides are those of the fused tensor and k and v start at an offset into
+    its storage. g, beta, the state and cu_seqlens are passed as they are."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    fused = torch.cat([q.reshape(B, T, H * K), k.reshape(B, T, H * K), v.reshape(B, T, HV * V)], dim=-1)
+    q_view, k_view, v_view = torch.split(fused, [H * K, H * K, HV * V], dim=-1)
+    return {**inputs, "q": q_view.unflatten(-1, (H, K)), "k": k_view.unflatten(-1, (H, K)),
+            "v": v_view.unflatten(-1, (HV, V))}
+
+
+def fused_qkv_views(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+                    outputs: dict[str, torch.Tensor]) -> InvariantResult:
+    return _bitwise("fused-qkv-views", _run(impl, case, fused_qkv(inputs)), outputs,
+                    "q, k, v as views of one fused qkv tensor vs contiguous")
+
+
 def check_invariants(names, impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
                      outputs: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None,
                      backend: str) -> list[InvariantResult]:
@@ -229,6 +261,8 @@ def check_invariants(names, impl: Impl, case: Case, inputs: dict[str, torch.Tens
             results.append(split_equivalence(impl, case, inputs, reference, backend))
         elif name == "causality":
             results.append(causality(impl, case, inputs, outputs))
+        elif name == "fused-qkv-views":
+            results.append(fused_qkv_views(impl, case, inputs, outputs))
     return results
 
 

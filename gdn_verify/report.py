@@ -145,10 +145,11 @@ def worst_per_dtype(cases: Iterable[CaseResult]) -> list[dict]:
             row = worst.setdefault((r.case.dtype, name), {
                 "dtype": r.case.dtype, "tensor": name, "tolerance": c.tolerance, "rms": -1.0, "rms_case": None,
                 "slice": -1.0, "slice_case": None, "slice_where": None, "max_abs": 0.0, "cases": 0,
-                "excess": None, "excess_slice": None})
+                "excess": None, "excess_slice": None, "design": None})
             row["cases"] += 1
             if not c.rms_ratio <= row["rms"]:
-                row["rms"], row["rms_case"] = c.rms_ratio, r.id
+                # A design's bounds are per case: the row shows those of its worst case.
+                row["rms"], row["rms_case"], row["tolerance"] = c.rms_ratio, r.id, c.tolerance
             if c.worst_slice is not None and not c.worst_slice["ratio"] <= row["slice"]:
                 row["slice"], row["slice_case"], row["slice_where"] = c.worst_slice["ratio"], r.id, c.worst_slice
             row["max_abs"] = max(row["max_abs"], c.max_abs)
@@ -156,6 +157,14 @@ def worst_per_dtype(cases: Iterable[CaseResult]) -> list[dict]:
                 row["excess"] = max(row["excess"] or 0.0, c.excess_ratio)
             if c.worst_excess_slice is not None:
                 row["excess_slice"] = max(row["excess_slice"] or 0.0, c.worst_excess_slice["ratio"])
+            if c.design is not None:  # judged by a declared design: the case nearest its bound
+                d, rd = c.design, row["design"]
+                if rd is None or not c.rms_ratio / c.tolerance["rms"] <= rd["of_bound"]:
+                    row["design"] = {"name": d["name"], "factor": d["factor"], "emulated": d["emulated_rms"],
+                                     "actual": c.rms_ratio, "of_bound": c.rms_ratio / c.tolerance["rms"],
+                                     "case": r.id}
+                row["design"]["worst_over_emulated"] = max(row["design"].get("worst_over_emulated", 0.0),
+                                                           d["actual_over_emulated"])
     order = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
     return sorted(worst.values(), key=lambda w: (order.get(w["dtype"], 9), w["tensor"]))
 
@@ -166,6 +175,17 @@ def _beyond_rounding(w: dict) -> str:
     if tol is None:
         return "-"
     return f"{_fmt(w['excess'])} / {_fmt(w['excess_slice'])} (tol {_fmt(tol[0])} / {_fmt(tol[1])})"
+
+
+def _design_cell(w: dict) -> str:
+    """A worst_per_dtype row's design judgment: "fla: actual 3e-3 / emulated 2.5e-3 (x1.2, at most
+    x1.3 over the cases; allowed x8)", or "-" under the tolerance table."""
+    d = w.get("design")
+    if d is None:
+        return "-"
+    return (f"{d['name']}: actual {_fmt(d['actual'])} / emulated {_fmt(d['emulated'])} "
+            f"(x{_fmt(d['actual'] / d['emulated']) if d['emulated'] else '-'}, at most x"
+            f"{_fmt(d['worst_over_emulated'])} over the cases; allowed x{d['factor']:g})")
 
 
 def _where(w: dict | None) -> str:
@@ -256,13 +276,19 @@ def markdown(result: RunResult) -> str:
     worst = worst_per_dtype(result.cases)
     if worst:
         out += ["### Worst errors per dtype", ""]
+        designed = any(w["design"] for w in worst)
         out += _md_table(
             ["dtype", "tensor", "cases", "worst RMS ratio", "tolerance", "worst slice ratio", "tolerance",
-             "beyond rounding (global / slice)", "max abs error", "worst RMS case", "worst slice"],
+             "beyond rounding (global / slice)", "max abs error", "worst RMS case", "worst slice"]
+            + (["design: actual / emulated RMS (case nearest its bound)"] if designed else []),
             [[w["dtype"], w["tensor"], str(w["cases"]), _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]),
               _fmt(w["slice"]), _fmt(w["tolerance"]["slice"]), _beyond_rounding(w), _fmt(w["max_abs"]),
-              f"`{w['rms_case']}`",
-              f"`{w['slice_case']}` {_where(w['slice_where'])}"] for w in worst])
+              f"`{w['rms_case']}`", f"`{w['slice_case']}` {_where(w['slice_where'])}"]
+             + ([_design_cell(w)] if designed else []) for w in worst])
+        if designed:
+            out += ["", "Judged by the declared precision design: error within the allowed factor of the design's "
+                    "emulated error (the float64 reference rounded as the design stores), plus a floor; each "
+                    "case's tolerance above is its own."]
         out.append("")
     unsupported = not_supported_reasons(result.cases)
     if unsupported:
@@ -370,13 +396,14 @@ def print_summary(result: RunResult, console: Console) -> None:
     worst = worst_per_dtype(result.cases)
     if worst:
         table = Table(title="worst errors per dtype")
+        designed = any(w["design"] for w in worst)
         for col in ("dtype", "tensor", "RMS ratio", "tol", "slice ratio", "tol", "beyond rounding", "max abs",
-                    "case"):
+                    "case") + (("design",) if designed else ()):
             table.add_column(col, overflow="fold")
         for w in worst:
             table.add_row(w["dtype"], w["tensor"], _fmt(w["rms"]), _fmt(w["tolerance"]["rms"]), _fmt(w["slice"]),
                           _fmt(w["tolerance"]["slice"]), _beyond_rounding(w), _fmt(w["max_abs"]),
-                          w["rms_case"] or "")
+                          w["rms_case"] or "", *([_design_cell(w)] if designed else []))
         console.print(table)
     if result.variant_audit is not None:
         console.print(f"variant audit: {_audit_word(result.variant_audit)}: "

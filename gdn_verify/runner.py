@@ -39,7 +39,8 @@ import torch
 
 from gdn_verify.adapters import ContractViolation, NotSupported
 from gdn_verify.cases import Case, dense, varlen
-from gdn_verify.compare import REFERENCE_AGREEMENT, TENSORS, TensorCheck, backend_of, compare_outputs, rms_ratio
+from gdn_verify.compare import (REFERENCE_AGREEMENT, TENSORS, TensorCheck, backend_of, compare_outputs, design_to_judge,
+                                emulate, rms_ratio)
 from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
 from gdn_verify.inputs import inputs_digest, make_inputs, to_device
 from gdn_verify.invariants import INVARIANTS, InvariantResult, check_invariants, diagnose_stages
@@ -254,6 +255,8 @@ class RunOptions:
     require_goldens: bool = False
     repro_dir: str | None = None
     case_timeout: float | None = None  # seconds per case (see time_limit); None: no limit
+    # With goldens: compare even with a store written by another implementation (_Goldens).
+    against_impl: bool = False
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,9 +264,15 @@ class RunOptions:
 # ----------------------------------------------------------------------------------------
 
 class _Goldens:
-    """This run's view of a golden store: the platform's goldens, or why there are none."""
+    """This run's view of a golden store: the platform's goldens, or why there are none.
 
-    def __init__(self, root: str | None, fp: dict, required: bool = False, suite: str = "SUITE"):
+    With `impl`, the store must have been written by the same implementation (any revision of
+    it: gdn_verify/identity.py): SetupError otherwise, unless `against_impl`, which compares
+    anyway and records the fact in the summary ("against_impl"). The summary's "identity"
+    holds the store's and this run's identities and the revision fields that changed."""
+
+    def __init__(self, root: str | None, fp: dict, required: bool = False, suite: str = "SUITE",
+                 impl: Impl | None = None, against_impl: bool = False):
         self.platform = None
         if root is None:
             self.summary = {"status": "not checked"}
@@ -293,6 +302,22 @@ class _Goldens:
         else:
             self.summary["status"] = "comparable"
             self.ids = self.platform.case_ids()
+            if impl is not None:
+                self._check_identity(impl, against_impl)
+
+    def _check_identity(self, impl: Impl, against_impl: bool) -> None:
+        from gdn_verify.goldens import implementation_mismatch
+        from gdn_verify.identity import implementation_identity, revision_changes
+
+        stored, current = self.platform.identity, implementation_identity(impl)
+        mismatch = implementation_mismatch(stored, current, self.platform.directory)
+        if mismatch is not None and not against_impl:
+            raise SetupError(f"{mismatch}. Compare with goldens of the same implementation, or pass "
+                             "--against-impl to compare these anyway (the report then says so).")
+        self.summary["identity"] = {"store": stored, "run": current, "changed": revision_changes(stored, current)}
+        self.summary["store_variant_audit"] = self.platform.variant_audit
+        if mismatch is not None:
+            self.summary["against_impl"] = mismatch
 
     def compare(self, case: Case, digest: str, outputs: dict[str, torch.Tensor]) -> GoldenResult:
         if self.summary["status"] == "not checked":
@@ -451,7 +476,9 @@ def _check_case(result: CaseResult, case: Case, impl: Impl, device: str, options
         reference = torch_reference(case, inputs)
         _sync(device)
         timing["reference_s"] = time.perf_counter() - t
-        result.checks = compare_outputs(outputs, reference, case, backend, impl.supports_poison)
+        design = design_to_judge(impl)  # None: the tolerance table
+        emulated = None if design is None else emulate(design, case, inputs)
+        result.checks = compare_outputs(outputs, reference, case, backend, impl.supports_poison, design, emulated)
         result.failures += [f for c in result.checks.values() for f in c.failures]
         if options.jax and "jax" in case.references:
             t = time.perf_counter()
@@ -544,7 +571,8 @@ def run_cases(cases: Sequence[Case], impl: Impl, device: str, options: RunOption
 
     start = time.perf_counter()
     fp = fingerprint(device)
-    goldens = _Goldens(options.goldens, fp, required=options.require_goldens, suite=suite)
+    goldens = _Goldens(options.goldens, fp, required=options.require_goldens, suite=suite, impl=impl,
+                       against_impl=options.against_impl)
     results: list[CaseResult] = []
     audit = None
     interrupted = False

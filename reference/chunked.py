@@ -2,6 +2,10 @@
 
 The stages and their layouts are those of notes/STAGES.md, so a kernel can be compared stage
 by stage and a wrong one pinned to the first stage that diverges.
+
+Design emulation (`design=`, gdn_verify/designs.py): the same float64 computation, with each
+quantity the design stores rounded into its dtype where it is stored, and the operands of
+every matrix product rounded as the design's dots do. design=None rounds nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gdn_verify.contract import GATE_FLOOR
+from gdn_verify.designs import EXACT, resolve_design
 
 from ._sequences import PaddedLayout, prepare
 
@@ -53,8 +58,10 @@ def chunked_gated_delta_rule(
     cu_seqlens=None,
     use_qk_l2norm=False,
     chunk_size=CHUNK_SIZE,
+    design=None,
 ):
-    """The chunk algorithm of DESIGN.md in float64, on the inputs' device.
+    """The chunk algorithm of DESIGN.md in float64, on the inputs' device; with `design` (a
+    designs.PrecisionDesign, a name or a spec), rounded as that design stores and multiplies.
 
     Sequences are laid out as rows of a padded grid cut into chunks [N, NC, C]; padded slots
     have q = k = v = g = beta = 0, so they add nothing and a missing chunk leaves the state as
@@ -62,6 +69,12 @@ def chunked_gated_delta_rule(
 
     Returns (o [B, T, HV, V], final_state [N, HV, K, V] or None, ChunkIntermediates).
     """
+    design = resolve_design(design)
+    r = EXACT if design is None else design.rounding(v.dtype)
+    if r is not EXACT:  # the inputs as the computation takes them, dtypes unchanged
+        q, k, v, g, beta = (r.store("inputs", t.double()).to(t.dtype) for t in (q, k, v, g, beta))
+        if initial_state is not None:
+            initial_state = r.store("inputs", initial_state.double()).to(initial_state.dtype)
     x = prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
                 use_qk_l2norm, torch.float64)
     p, C, device = x.problem, chunk_size, x.q.device
@@ -78,7 +91,9 @@ def chunked_gated_delta_rule(
         return layout.unpad(rows).reshape(p.B, p.T, *rows.shape[2:])
 
     q, k, v, g, beta = (to_chunks(t) for t in (x.q, x.k, x.v, x.g, x.beta))
-    gam = g.clamp_min(GATE_FLOOR["float64"]).cumsum(-1)  # [N, NC, HV, C]; clamp: see GATE_FLOOR
+    q, k = r.store("qk", q), r.store("qk", k)
+    # [N, NC, HV, C]; clamp: see GATE_FLOOR
+    gam = r.store("g_cum", g.clamp_min(GATE_FLOOR["float64"]).cumsum(-1))
     i = torch.arange(C, device=device)
     strictly_lower, causal = i[:, None] > i[None, :], i[:, None] >= i[None, :]
 
@@ -87,24 +102,25 @@ def chunked_gated_delta_rule(
         the difference is a sum of later gates and may overflow."""
         return (gam[..., :, None] - gam[..., None, :]).masked_fill(~mask, -torch.inf).exp()
 
-    A = beta[..., :, None] * (k @ k.mT) * gate_ratio(strictly_lower)  # [N, NC, HV, C, C]
+    A = r.store("A", beta[..., :, None] * r.dot(k, k.mT) * gate_ratio(strictly_lower))  # [N, NC, HV, C, C]
     eye = torch.eye(C, dtype=torch.float64, device=device)
-    Tm = torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True)
-    W = Tm @ ((beta * gam.exp())[..., None] * k)
-    U = Tm @ (beta[..., None] * v)
+    Tm = r.store("Tm", torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True))
+    W = r.store("W", r.dot(Tm, (beta * gam.exp())[..., None] * k))
+    U = r.store("U", r.dot(Tm, beta[..., None] * v))
 
     # Padding has g = 0, so a chunk's last slot holds the cumulative gate of its last token.
     gam_last = gam[..., -1:]  # [N, NC, HV, 1]
     k_decayed_to_end = (gam_last - gam).exp()[..., None] * k
-    S = x.state
+    S = r.store("state", x.state)
     h = torch.empty(p.N, NC, p.HV, p.K, p.V, dtype=torch.float64, device=device)
     v_new = torch.empty_like(U)
     for c in range(NC):
-        h[:, c] = S
-        v_new[:, c] = U[:, c] - W[:, c] @ S
-        S = gam_last[:, c, :, :, None].exp() * S + k_decayed_to_end[:, c].mT @ v_new[:, c]
+        h[:, c] = h_c = r.store("h", S)
+        v_new[:, c] = r.store("v_new", U[:, c] - r.dot(W[:, c], h_c))
+        S = r.store("state", gam_last[:, c, :, :, None].exp() * S + r.dot(k_decayed_to_end[:, c].mT, v_new[:, c]))
 
-    o = p.scale * (gam.exp()[..., None] * (q @ h) + ((q @ k.mT) * gate_ratio(causal)) @ v_new)
+    o = p.scale * (gam.exp()[..., None] * r.dot(q, h) + r.dot(r.dot(q, k.mT) * gate_ratio(causal), v_new))
+    o = r.store("o", o)
 
     chunk_exists = torch.arange(NC, device=device) < -(-layout.lens[:, None] // C)  # [N, NC]
     seq = torch.arange(p.N, device=device)[:, None].expand(p.N, NC)

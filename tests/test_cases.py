@@ -53,6 +53,8 @@ def test_every_field_changes_the_id():
                 base.with_(scale=0.25), base.with_(seed=1), base.with_(layout="varlen")]
     ids = {base.id} | {c.id for c in variants}
     assert len(ids) == len(variants) + 1
+    half = base.with_(dtype="bfloat16")
+    assert half.with_(beta_dtype="float32").id != half.id
 
 
 def test_ids_and_inputs_stable_across_processes():
@@ -108,7 +110,8 @@ def test_cpu_suite_covers_the_axes():
     assert {c.beta for c in cases} == set(BETAS)
     assert {c.init_state for c in cases} == {"none", "random"}
     assert {c.l2norm for c in cases} == {False, True}
-    assert {c.HV // c.H for c in cases} >= {1, 2, 4, 8}
+    assert {c.HV // c.H for c in cases} >= {1, 2, 3, 4, 8}
+    assert {c.beta_dtype for c in cases} == {None, "float32"}
     assert any(c.K != c.V for c in cases)
     assert any(c.K & (c.K - 1) or c.V & (c.V - 1) for c in cases)  # a non-power of two
     assert set(EDGE_T) <= {c.T for c in cases if c.layout == "dense"}
@@ -124,7 +127,8 @@ def test_gpu_suite_covers_every_t_and_realistic_sizes():
     cases = ALL["gpu"]
     assert set(range(1, 130)) <= {c.T for c in cases if c.layout == "dense"}
     assert max(c.T for c in cases) >= 3000
-    assert {c.HV // c.H for c in cases} >= {1, 2, 4, 8}
+    assert {c.HV // c.H for c in cases} >= {1, 2, 3, 4, 8}
+    assert {c.beta_dtype for c in cases} == {None, "float32"}
     assert sum(c.K == c.V == 128 for c in cases) > len(cases) // 2
 
 

@@ -61,7 +61,7 @@ def test_compare_cli_puts_our_kernel_and_a_double_side_by_side(tmp_path, capsys)
     md = out_md.read_text()
     assert md.startswith("**gdn-verify PASS: compare")
     assert "| dtype | shape | cases | what | gdn | convention_doubles:every_convention |" in md
-    assert "| invariants | determinism 1/1, batch-invariance 1/1, split-equivalence 1/1, causality 1/1 |" in md
+    assert "| invariants | determinism 1/1, batch-invariance 1/1, split-equivalence 1/1, causality 1/1, fused-qkv-views 1/1 |" in md
     assert "### Compiled variants across the T sweep" in md and "### Invariants" in md
     out = capsys.readouterr().out
     assert "gdn: PASS" in out and "convention_doubles:every_convention: PASS" in out

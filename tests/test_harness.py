@@ -113,7 +113,7 @@ def test_golden_cycle_catches_a_one_ulp_change(tmp_path, restore_threads, capsys
     report = json.loads(out_json.read_text())
     assert report["totals"]["golden_equal"] == len(suite("smoke"))
 
-    assert run("run", *common, "--impl", "gdn_doubles:one_ulp", "--markdown", out_md, "--json", out_json) == 1
+    assert run("run", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl", "--markdown", out_md, "--json", out_json) == 1
     report = json.loads(out_json.read_text())
     changed = [c for c in report["cases"] if c["status"] == "changed"]
     assert changed and all(c["golden"]["status"] == "different" for c in changed)
@@ -124,13 +124,13 @@ def test_golden_cycle_catches_a_one_ulp_change(tmp_path, restore_threads, capsys
     assert f"| golden | o | {diff['n_different']}/{diff['n_elements']} | 1 |" in md  # differing, max ULP
 
     capsys.readouterr()
-    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 1
-    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp") == 0
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 1
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 0
     assert "--force" in capsys.readouterr().out  # existing goldens left alone, with a hint
-    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 1
-    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--force") == 0
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 1
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl", "--force") == 0
     assert "replaced" in capsys.readouterr().out
-    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 0
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 0
 
 
 def test_golden_regen_refuses_failing_cases(tmp_path, restore_threads):
@@ -151,7 +151,7 @@ def test_interrupted_regen_writes_the_cases_that_passed(tmp_path, restore_thread
     before = set(json.loads(next(store.iterdir()).joinpath("manifest.json").read_text())["cases"])
     gdn_doubles.interrupted_after_two_calls.calls = 0
     capsys.readouterr()
-    assert run("golden", "regen", *common, "--impl", "gdn_doubles:interrupted_after_two_calls", "--prune") == 1
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:interrupted_after_two_calls", "--against-impl", "--prune") == 1
     out = capsys.readouterr().out
     n_cases = len(suite("smoke"))
     assert f"interrupted after 2 of {n_cases} cases" in out and "--prune not applied" in out
@@ -173,7 +173,7 @@ def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, restore_threads, c
     assert run("run", *common, "--impl", "gdn_doubles:rounded_reference", "--no-audit", "--json", out_json) == 0
     assert json.loads(out_json.read_text())["cases"][0]["golden"]["status"] == "equal"
 
-    assert run("run", *common, "--impl", "gdn_doubles:one_ulp", "--no-audit", "--json", out_json,
+    assert run("run", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl", "--no-audit", "--json", out_json,
                "--markdown", out_md) == 1
     (case,) = json.loads(out_json.read_text())["cases"]
     assert case["status"] == "changed" and case["golden"]["status"] == "different"
@@ -185,12 +185,12 @@ def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, restore_threads, c
     assert "Digest-only goldens:" in md and "--max-golden-bytes" in md
 
     capsys.readouterr()
-    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 1
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 1
     out = capsys.readouterr().out
     assert "different (digest only)" in out and "hint:" in out
-    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--force") == 0
+    assert run("golden", "regen", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl", "--force") == 0
     assert "different (digest only)" in capsys.readouterr().out  # what the replacement changed
-    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp") == 0
+    assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 0
 
 
 def _output_nbytes(case) -> list[int]:

@@ -177,7 +177,7 @@ def test_golden_commands_take_a_case_timeout(tmp_path, command):
                    "--impl", "gdn_doubles:rounded_reference") == 0
         gdn_doubles.hangs_on_first_call.calls = 0
     assert run(*command, "--suite", "smoke", "--max-cases", "2", "--device", "cpu", "--goldens", store,
-               "--impl", "gdn_doubles:hangs_on_first_call", "--case-timeout", "1") == 1
+               "--impl", "gdn_doubles:hangs_on_first_call", "--against-impl", "--case-timeout", "1") == 1
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
