@@ -1,5 +1,6 @@
 """Decode latency of the recurrent kernel: one token per sequence, the anchor shapes of
-DESIGN.md (H = 16, HV = 32, K = V = 128, bf16, initial and final state), 1 / 64 / 256
+docs/design.md, 'Benchmark shapes and targets' (H = 16, HV = 32, K = V = 128, bf16, initial
+and final state), 1 / 64 / 256
 sequences. CUDA only.
 
 Each batch size is timed three ways (median of `triton.testing.do_bench`):
@@ -30,7 +31,8 @@ from gdn_verify.platform import fingerprint
 H, HV, K, V = 16, 32, 128, 128
 DTYPE = torch.bfloat16
 SEQUENCES = (1, 64, 256)
-# DESIGN.md: anchor kernels 0.20 / 0.24 / 0.37 ms; targets below.
+# Anchor kernels 0.20 / 0.24 / 0.37 ms (docs/design.md, 'Benchmark shapes and targets');
+# targets below.
 TARGET_MS = {1: 0.05, 64: 0.1, 256: 0.3}
 
 

@@ -1,5 +1,5 @@
-"""Chunked forward (kernels/chunk.py) at DESIGN.md's anchor shapes: latency, bf16 accuracy,
-compiled variants and cold start. CUDA only.
+"""Chunked forward (kernels/chunk.py) at the anchor shapes (docs/design.md, 'Benchmark shapes
+and targets'): latency, bf16 accuracy, compiled variants and cold start. CUDA only.
 
 Shapes: H = 16, HV = 32, K = V = 128, bfloat16, initial and final state, l2norm in the
 kernel; one sequence of T = 1024 / 4096 / 16384 / 65536, and 256 packed sequences of 1..128
@@ -48,11 +48,12 @@ DENSE_TS = (1024, 4096, 16384, 65536)
 PACKED_SEQS = 256
 ACCURACY_TS = (1, 63, 64, 65, 1000, 16384)
 SWEEP_TS = (1, 16, 32, 63, 64, 65, 128, 1000)
-# DESIGN.md: upstream anchor times, and this project's targets (about half).
+# docs/design.md, 'Benchmark shapes and targets': upstream anchor times, and this project's
+# targets (about half).
 ANCHOR_MS = {1024: 0.43, 4096: 0.42, 16384: 0.96, 65536: 3.87, "packed": 1.54}
 TARGET_MS = {1024: 0.1, 65536: 1.9, "packed": 0.75}
 TARGET_RMS_RATIO = 0.0020
-COPY_BANDWIDTH = 4.27e12  # bytes/s, DESIGN.md
+COPY_BANDWIDTH = 4.27e12  # bytes/s (docs/design.md, 'Benchmark shapes and targets')
 
 
 def make_inputs(seq_lens: list[int], packed: bool, seed: int, dev: str = "cuda") -> dict:

@@ -1,10 +1,10 @@
 """Adapters: any GDN implementation run on a case in the suite's conventions.
 
-The suite's conventions are DESIGN.md's API contract: q, k [B, T, H, K]; v [B, T, HV, V]; g
-(log-space decay) and beta [B, T, HV]; states [N, HV, K, V]; value head h reads key head
-h // (HV / H); packed sequences travel as B = 1 plus cu_seqlens; q and k are l2-normalized
-inside the call when asked. An `Adapter` declares where an implementation differs, converts
-the inputs to its conventions and its outputs back:
+The suite's conventions are the input contract (docs/design.md, 'Input contract'): q, k
+[B, T, H, K]; v [B, T, HV, V]; g (log-space decay) and beta [B, T, HV]; states [N, HV, K, V];
+value head h reads key head h // (HV / H); packed sequences travel as B = 1 plus cu_seqlens;
+q and k are l2-normalized inside the call when asked. An `Adapter` declares where an
+implementation differs, converts the inputs to its conventions and its outputs back:
 
 * layout: "batched" [B, T, H, D], or "packed" [T, H, D] (a dense batch of B > 1 sequences then
   travels packed, with cu_seqlens = 0, T, 2T, ...);
@@ -284,7 +284,8 @@ class Adapter:
     # Our kernels allocate every output through kernels._alloc.new_output, so they can be
     # poisoned; foreign code cannot.
     ours: bool = False
-    # Stage intermediates (STAGES.md) of the same computation, for diagnosis; our chunk kernel only.
+    # Stage intermediates (docs/design.md, 'Chunked form') of the same computation, for
+    # diagnosis; our chunk kernel only.
     intermediates: Callable | None = None
     # Kernel name -> compiled variants so far, if known.
     variants: Callable[[], dict[str, int]] | None = None

@@ -575,7 +575,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the full comparison as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the side-by-side report as Markdown")
     p.add_argument("--bench", action="store_true",
-                   help="also time each implementation on DESIGN.md's benchmark shapes (CUDA only)")
+                   help="also time each implementation on docs/design.md's benchmark shapes (CUDA only)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="start no new case (or benchmark shape) after this many seconds; the rest is "
                         "reported as not run")

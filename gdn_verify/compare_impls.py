@@ -4,7 +4,8 @@ The order of work in `compare_impls`:
 1. the compile-variant audit of each implementation, first, while nothing has compiled for the
    audit's shape yet: after the cases, variants compiled for other lengths would already be in
    the cache and hide a specialization on T;
-2. with `bench`, the median latency of each implementation on DESIGN.md's benchmark shapes;
+2. with `bench`, the median latency of each implementation on the benchmark shapes
+   (docs/design.md, 'Benchmark shapes and targets');
 3. the cases, each run by every implementation before the next case starts, so that a time
    budget cuts every column at the same case (the cases left are listed as not run).
 An interrupt (SIGINT, e.g. `timeout -s INT`) during steps 2 and 3 stops the work the same way,
@@ -43,11 +44,12 @@ from gdn_verify.runner import (
 
 SHAPE_CLASSES = ("dense, T <= 64", "dense, T > 64", "packed")
 
-# DESIGN.md's benchmark shapes: H = 16, HV = 32, K = V = 128, bfloat16, initial and final
-# state; one sequence of each T, and 256 packed sequences of 1..128 tokens (the lengths of
-# benchmarks/bench_kernels.py: same seed). q and k arrive normalized (no l2norm in the call):
-# flash-linear-attention autotunes its l2norm kernel anew for every bucket of T (25 configs
-# each), which would spend the time of a one-call GPU run on compiling.
+# The benchmark shapes (docs/design.md, 'Benchmark shapes and targets'): H = 16, HV = 32,
+# K = V = 128, bfloat16, initial and final state; one sequence of each T, and 256 packed
+# sequences of 1..128 tokens (the lengths of benchmarks/bench_kernels.py: same seed). q and k
+# arrive normalized (no l2norm in the call): flash-linear-attention autotunes its l2norm kernel
+# anew for every bucket of T (25 configs each), which would spend the time of a one-call GPU run
+# on compiling.
 BENCH_MODEL = dict(H=16, HV=32, K=128, V=128)
 BENCH_DENSE_T = (1024, 4096, 16384, 65536)
 BENCH_PACKED_SEQS = 256

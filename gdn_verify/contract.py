@@ -1,9 +1,9 @@
 """The input contract of every GDN entry point (references and kernels alike).
 
-`validate` checks everything DESIGN.md promises about the arguments and raises a
-`GDNInputError` (a ValueError) naming the argument, what was expected and what was given,
-before any kernel runs. It accepts torch tensors and NumPy/JAX arrays, so the JAX reference
-validates through the same code.
+`validate` checks everything the contract promises about the arguments (docs/design.md,
+'Input contract') and raises a `GDNInputError` (a ValueError) naming the argument, what was
+expected and what was given, before any kernel runs. It accepts torch tensors and NumPy/JAX
+arrays, so the JAX reference validates through the same code.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def validate(
     *,
     l2norm_arg: str = "use_qk_l2norm",
 ) -> Problem:
-    """Check the GDN arguments against DESIGN.md's contract; return the problem sizes.
+    """Check the GDN arguments against the contract (docs/design.md, 'Input contract');
+    return the problem sizes.
 
     l2norm_arg is the caller's name for the l2norm flag (the kernels call it
     use_qk_l2norm_in_kernel), so the error names the argument the user passed.

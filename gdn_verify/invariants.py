@@ -12,8 +12,8 @@
   [B, T, H*K + H*K + HV*V] (how vLLM splits its fused qkv tensor), holding the same values,
   give the same bits as the contiguous tensors;
 * stage diagnosis (chunk kernel only, after a failure): the kernel's stage intermediates
-  against the chunked reference's, in STAGES.md order; the first stage beyond the case's
-  tolerance is named.
+  against the chunked reference's, in the order of docs/design.md, 'Chunked form'; the first
+  stage beyond the case's tolerance is named.
 
 Bitwise comparisons use integer views (`bitwise.bit_diff`); the tolerance checks reuse
 `compare.compare_tensor`, with the sequence as a case of its own.

@@ -1,4 +1,4 @@
-"""chunk_gated_delta_rule: the chunked forward, stage by stage (DESIGN.md, STAGES.md).
+"""chunk_gated_delta_rule: the chunked forward, stage by stage (docs/design.md, 'Stages').
 
     gam = cumsum of g inside each 64-token chunk                      cumsum.py
     rq, rk = 1 / |row| of q and k (use_qk_l2norm_in_kernel only)       l2norm.py
@@ -138,7 +138,8 @@ def chunk_gated_delta_rule_intermediates(
     output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm_in_kernel: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """The same pass, returning every stage's output under STAGES.md's names.
+    """The same pass, returning every stage's output under its name in docs/design.md,
+    'Chunked form'.
 
     g_cum, Tm, h, v_new, o and final_state come from the kernels of the fast path, so o and
     final_state are bitwise those of chunk_gated_delta_rule; A is written by the solve stage on

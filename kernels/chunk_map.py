@@ -3,7 +3,7 @@
 Dense inputs (B sequences of T tokens) are treated as B packed sequences of the flattened
 [B * T] token axis, so every stage sees one layout. Chunks never cross a sequence; the last
 chunk of a sequence may be partial and a zero-length sequence has none. Chunks are numbered
-globally in sequence order (STAGES.md).
+globally in sequence order (docs/design.md, 'Chunked form').
 
 The map is built with torch ops on the inputs' device, without reading anything back. Its size,
 the chunk count NT, is known on the host because the contract already read cu_seqlens once to

@@ -172,7 +172,7 @@ def fused_recurrent_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm_in_kernel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The gated delta rule token by token (DESIGN.md's signature and contract).
+    """The gated delta rule token by token (docs/design.md, 'Input contract' and 'Stages').
 
     Returns (o [B, T, HV, V] in v's dtype, final_state [N, HV, K, V] float32, or None unless
     output_final_state). float64 inputs run in float64 throughout, state included.

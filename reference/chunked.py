@@ -1,7 +1,7 @@
 """Chunked PyTorch float64 reference of the gated delta rule, with every stage's intermediate.
 
-The stages and their layouts are those of notes/STAGES.md, so a kernel can be compared stage
-by stage and a wrong one pinned to the first stage that diverges.
+The stages and their layouts are those of docs/design.md, 'Chunked form', so a kernel can be
+compared stage by stage and a wrong one pinned to the first stage that diverges.
 
 Design emulation (`design=`, gdn_verify/designs.py): the same float64 computation, with each
 quantity the design stores rounded into its dtype where it is stored, and the operands of
@@ -24,7 +24,8 @@ CHUNK_SIZE = 64
 
 @dataclass(frozen=True)
 class ChunkIntermediates:
-    """Every stage of the chunk algorithm, float64, in the layouts of STAGES.md (C = chunk size).
+    """Every stage of the chunk algorithm, float64, in the layouts of docs/design.md, 'Chunked form'
+    (C = chunk size).
 
     Token tensors are [B, T, HV, ...]; A and Tm hold, in the row of each token (chunk position
     i), the C entries j of its chunk. Chunks are numbered in sequence order, NT in all; chunk c
@@ -60,8 +61,9 @@ def chunked_gated_delta_rule(
     chunk_size=CHUNK_SIZE,
     design=None,
 ):
-    """The chunk algorithm of DESIGN.md in float64, on the inputs' device; with `design` (a
-    designs.PrecisionDesign, a name or a spec), rounded as that design stores and multiplies.
+    """The chunk algorithm of docs/design.md ('Chunked form') in float64, on the inputs'
+    device; with `design` (a designs.PrecisionDesign, a name or a spec), rounded as that design
+    stores and multiplies.
 
     Sequences are laid out as rows of a padded grid cut into chunks [N, NC, C]; padded slots
     have q = k = v = g = beta = 0, so they add nothing and a missing chunk leaves the state as

@@ -89,7 +89,7 @@ def jax_recurrent_gated_delta_rule(
     cu_seqlens=None,
     use_qk_l2norm=False,
 ):
-    """The recurrence of DESIGN.md with `lax.scan` in float64.
+    """The recurrence of docs/design.md ('The recurrence') with `lax.scan` in float64.
 
     Arguments as `recurrent_gated_delta_rule` (NumPy, JAX or torch CPU arrays; no dtype: it
     always computes in float64). Dense batches are scanned as B packed sequences; the state is

@@ -1,4 +1,4 @@
-"""Token-by-token PyTorch reference of the gated delta rule (DESIGN.md, "The math")."""
+"""Token-by-token PyTorch reference of the gated delta rule (docs/design.md, 'The recurrence')."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def recurrent_gated_delta_rule(
     use_qk_l2norm=False,
     dtype=torch.float64,
 ):
-    """The recurrence of DESIGN.md in `dtype`, on the inputs' device.
+    """The recurrence of docs/design.md ('The recurrence') in `dtype`, on the inputs' device.
 
     Per token: S <- exp(g) S; u = beta (v - S^T k); S <- S + k u^T; o = scale S^T q.
     All sequences and heads advance together, one step per token of the longest sequence;

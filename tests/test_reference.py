@@ -204,7 +204,8 @@ def test_references_match_scalar_loop(case):
 
 
 # ---------------------------------------------------------------------------------------------
-# Chunk intermediates: layouts of STAGES.md, each stage checked chunk by chunk without padding.
+# Chunk intermediates: layouts of docs/design.md, 'Chunked form', each stage checked chunk by
+# chunk without padding.
 
 
 @pytest.mark.parametrize("case, chunk_map", [pytest.param(case, chunk_map, id=case.id) for case, chunk_map in [
