@@ -14,6 +14,9 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "venv"
+# Environments are kept between runs: each session's pinned installs are a no-op when already
+# satisfied and bring a changed pin up to date. `nox --reuse-venv=no -s NAME` rebuilds one.
+nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
 ROOT = Path(__file__).parent

@@ -474,6 +474,11 @@ def cmd_selfcheck(args) -> int:
     from gdn_verify.report import make_console
     from gdn_verify.runner import reference_agreement
 
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        raise CLIError("selfcheck: needs JAX for the second reference; install it with "
+                       "pip install 'gdn-verify[jax]' (or: pip install jax)")
     device = _device(args.device, pin_threads=False)
     table = Table(title="references against the torch float64 recurrence (RMS error ratio)")
     for col in ("case", "reference", "o", "final_state", "ok"):

@@ -103,6 +103,15 @@ def test_cases_and_selfcheck(capsys):
     assert "chunked" in capsys.readouterr().out
 
 
+def test_selfcheck_without_jax_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else find_spec(name, *a))
+    assert run("selfcheck", "--device", "cpu", "--max-cases", "1") == 2
+    assert "pip install 'gdn-verify[jax]'" in capsys.readouterr().err
+
+
 def test_golden_cycle_catches_a_one_ulp_change(tmp_path, restore_threads, capsys):
     """regen -> equal -> a one-ULP change fails with its ULP stats -> regen --force -> equal."""
     store = tmp_path / "goldens"
