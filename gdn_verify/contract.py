@@ -24,9 +24,8 @@ SUPPORTED_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # error grows with the magnitude of those sums, so the floor is as high as it can be while
 # its decay is invisible in the compute dtype. float64: exp(-750) is exactly 0, so the floor
 # changes nothing. float32: exp(-30) = 9.4e-14 instead of a smaller decay, a millionth of
-# float32's resolution (2^-24); -110 (exactly 0) costs a 3x larger error after such a gate
-# (state 2.0e-5 against 5.7e-6 on the cpu suite's extreme-gate cases). Gates of -30 and above
-# are untouched.
+# float32's resolution (2^-24); lower floors cost a larger error after such a gate
+# (benchmarks/gate_floor.py, results/gate_floor_cpu.json). Gates of -30 and above are untouched.
 GATE_FLOOR = {"float64": -750.0, "float32": -30.0}
 
 

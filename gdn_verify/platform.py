@@ -113,7 +113,8 @@ def _set_openblas_threads(n: int) -> bool:
 
 
 def pin_interpreter_threads(n: int = 1) -> None:
-    """Fix the thread counts that change the interpreter's bits (see the module notes).
+    """Fix torch's and NumPy's OpenBLAS thread counts (timing and provenance: since the
+    interpreter's dots bypass BLAS, thread counts no longer reach its bits; see the module notes).
 
     Sets torch's intra-op threads and NumPy's OpenBLAS threads (through OpenBLAS's own API
     when its library can be found, which works after NumPy is loaded), and sets
