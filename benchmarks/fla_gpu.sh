@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# flash-linear-attention (fla-core, carried as a wheel in .whl/) through the gate on one CUDA GPU,
+# in two calls of about nine minutes each, run back to back so the second finds the first's
+# Triton cache warm. Everything lands under $OUT as a few archives (the device returns few files).
+#
+#   bash benchmarks/fla_gpu.sh calibrate   # pristine FLA over the gpu suite's bf16/f16/f32 cases:
+#                                          #  1. `run` with every check, one JSON report per shard
+#                                          #     (the design factor's calibration data)
+#                                          #  2. `golden regen` into goldens/fla-chunk (its own store)
+#   bash benchmarks/fla_gpu.sh proof       # with goldens/fla-chunk from the first call:
+#                                          #  1. `golden diff` in fresh processes: all equal, exit 0
+#                                          #  2. the one-line change (benchmarks/fla_one_line_change.toml)
+#                                          #     in a copy of the package: `golden diff` exit 1
+#                                          #  3. `mutate --mutants mutants/fla.toml`: all caught
+#                                          #  4. our kernels: goldens of gpu cases the stores lack
+#
+# Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
+# Triton compiles and FLA autotunes each combination cold, and compiling is what takes the time.
+# Each step has a limit inside one overall deadline (FLA_BUDGET_S), so a slow step costs only
+# itself; a stopped regen still writes the goldens of the cases it passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PHASE=${1:-}
+FINAL=${OUT:-out/fla}
+WORK=$(mktemp -d)
+LOGS=$WORK/logs
+mkdir -p "$FINAL" "$LOGS"
+DEADLINE=$((SECONDS + ${FLA_BUDGET_S:-540}))
+P=${FLA_PARALLEL:-12}
+STORE=goldens/fla-chunk
+DTYPES=bfloat16,float16,float32
+MUTANT_CASES='h4x8-d128-bf16'
+
+limit() { local left=$((DEADLINE - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
+step() {  # name max_seconds command...: output to logs/name.log
+  local name=$1 t; t=$(limit "$2"); shift 2
+  echo "== $name (limit ${t}s, $((DEADLINE - SECONDS))s left)"; local s=$SECONDS
+  timeout -k 10 "$t" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
+  echo "   exit $rc after $((SECONDS - s))s"; tail -n 15 "$LOGS/$name.log"; return $rc; }
+shard_files() {  # dir, gpu_shards.py args...: one file per shard regex
+  local dir=$1; shift; mkdir -p "$dir"
+  python3 benchmarks/gpu_shards.py "$@" | split -l 1 -a 3 -d - "$dir/s"; ls "$dir"/s* 2>/dev/null; }
+run_one() {  # shard file, gdn-verify args (SHARD in them becomes the shard's file name)
+  local f=$1; shift
+  python3 -m gdn_verify "${@//SHARD/$f}" --cases "$(cat "$f")" > "$f.log" 2>&1
+  echo "$? $(basename "$f")" >> "$(dirname "$f")/exit_codes"; }
+export -f run_one
+shards() {  # name max_seconds dir gdn-verify args...: every shard of dir, P at a time
+  local name=$1 t; t=$(limit "$2"); local dir=$3; shift 3
+  echo "== $name: $(ls "$dir"/s??? | wc -l) shards, $P at a time (limit ${t}s)"; local s=$SECONDS
+  ls "$dir"/s??? | timeout -k 10 "$t" xargs -P "$P" -I{} bash -c 'run_one "$@"' _ {} "$@"
+  echo "   done after $((SECONDS - s))s; exit codes: $(cut -d' ' -f1 "$dir/exit_codes" 2>/dev/null | sort | uniq -c | tr '\n' ' ')"
+  cat "$dir"/s???.log > "$LOGS/$name.log" 2>/dev/null; }
+
+unset TRITON_INTERPRET
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 2
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
+FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
+
+case "$PHASE" in
+calibrate)
+  shard_files "$WORK/fla" --suite gpu --dtypes "$DTYPES" > /dev/null
+  shards fla_run 300 "$WORK/fla" run "${FLA[@]}" --no-audit --json SHARD.run.json
+  mkdir -p "$WORK/runs"; cp "$WORK"/fla/s???.run.json "$WORK/runs/" 2>/dev/null
+  rm -f "$WORK/fla/exit_codes"
+  shards fla_regen 230 "$WORK/fla" golden regen "${FLA[@]}" --goldens "$STORE"
+  grep -h "not written\|wrote\|added" "$WORK"/fla/s???.log | sort | uniq -c | sort -rn | head -20
+  tar czf "$FINAL/fla_store.tgz" "$STORE"
+  tar czf "$FINAL/fla_runs.tgz" -C "$WORK" runs logs
+  ;;
+proof)
+  [ -f "$STORE/"*/manifest.json ] || { echo "no $STORE store: run the calibrate phase first" >&2; exit 2; }
+  shard_files "$WORK/diff" --suite gpu --dtypes "$DTYPES" > /dev/null
+  shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json
+  mkdir -p "$WORK/diffs"; cp "$WORK"/diff/s???.diff.json "$WORK/diffs/" 2>/dev/null
+  # The one-line change, in a copy of the package first on the path.
+  python3 - /tmp/site /tmp/site-changed benchmarks/fla_one_line_change.toml <<'PY'
+import shutil, sys
+from pathlib import Path
+from gdn_verify.mutants import apply_edit, load_mutants
+src, dst, spec = Path(sys.argv[1]), Path(sys.argv[2]), load_mutants(sys.argv[3])
+shutil.rmtree(dst, ignore_errors=True)
+shutil.copytree(src, dst)
+for mutant in spec.mutants:
+    for edit in mutant.edits:
+        path = dst / spec.package / edit.file
+        path.write_text(apply_edit(path.read_text(), edit, mutant.name))
+        print(f"{mutant.name}: {path}")
+PY
+  PYTHONPATH=/tmp/site-changed step one_line_change 90 python3 -m gdn_verify golden diff "${FLA[@]}" \
+    --goldens "$STORE" --cases "$MUTANT_CASES" --markdown "$WORK/one_line_change.md" --json "$WORK/one_line_change.json"
+  echo "   (exit 1 expected: the change alters bits)"
+  step fla_mutants 200 python3 -m gdn_verify mutate --mutants mutants/fla.toml --suite gpu --device cuda \
+    --cases "$MUTANT_CASES" --goldens "$STORE" --workers 6 --json "$WORK/fla_mutants.json"
+  # Our kernels: the gpu-suite cases whose goldens their stores lack (new cases).
+  for spec in "gdn goldens" "gdn-recurrent goldens/gdn-recurrent"; do
+    set -- $spec
+    shard_files "$WORK/ours-$1" --suite gpu --missing-from "$2" --per-shard 32 > /dev/null
+    [ -n "$(ls "$WORK/ours-$1"/s??? 2>/dev/null)" ] && \
+      shards "regen_$1" 120 "$WORK/ours-$1" golden regen --suite gpu --impl "$1" --device cuda --goldens "$2"
+  done
+  tar czf "$FINAL/our_stores.tgz" goldens/cuda* goldens/gdn-recurrent
+  tar czf "$FINAL/fla_proof.tgz" -C "$WORK" diffs logs one_line_change.md one_line_change.json fla_mutants.json
+  ;;
+*) echo "usage: $0 calibrate|proof" >&2; exit 2 ;;
+esac
+ls -la "$FINAL"
