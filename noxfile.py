@@ -8,7 +8,9 @@ that already has CUDA torch and Triton (a GPU image usually has no package regis
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nox
@@ -22,6 +24,7 @@ nox.options.sessions = ["tests"]
 ROOT = Path(__file__).parent
 OUT = ROOT / "out"
 CPU_TORCH = "torch==2.13.0"
+FLA_CORE = "fla-core==0.6.0"
 TRITON_VERSIONS = ["3.9.0", "3.6.0"]
 # The committed interpreter goldens were written with exactly these; the platform key records
 # them, so a session that reads or writes goldens pins them (a newer Triton or NumPy would make
@@ -29,6 +32,7 @@ TRITON_VERSIONS = ["3.9.0", "3.6.0"]
 GOLDEN_PINS = [CPU_TORCH, "triton==3.9.0", "numpy==2.4.6"]
 
 sys.path.insert(0, str(ROOT))
+from gdn_verify.per_gpu import GPU_COUNT_CODE, per_gpu_plan, visible_gpus, wants_per_gpu  # noqa: E402  (stdlib only)
 from gdn_verify.platform import CPU_DISPATCH_ENV  # noqa: E402  (stdlib only: safe in nox's Python)
 
 # NumPy's and torch's SIMD dispatch capped at the interpreter baseline before they load
@@ -49,13 +53,17 @@ def _install(session: nox.Session, *extra: str, triton: str | None = None, pins=
     session.install("-e", f".{'[' + ','.join(extra) + ']' if extra else ''}", *pins)
 
 
-def _each_kernel(session: nox.Session, what: str, command, env: dict) -> None:
-    """command(impl, goldens root, report stem) for each of OUR_KERNELS; all of them run, and
-    the session fails after the last if any failed."""
+def _each_kernel(session: nox.Session, what: str, command, env: dict, run=None) -> None:
+    """command(impl, goldens root, report stem) for each of OUR_KERNELS (or run(impl, goldens
+    root, report stem), which runs it itself); all of them run, and the session fails after the
+    last if any failed."""
     failed = []
     for impl, goldens, stem in OUR_KERNELS:
         try:
-            session.run(*command(impl, goldens, stem), env=env)
+            if run is not None:
+                run(impl, goldens, stem)
+            else:
+                session.run(*command(impl, goldens, stem), env=env)
         except nox.command.CommandFailed as exc:
             failed.append(f"{impl} (exit {getattr(exc, 'return_code', None)})")
     if failed:
@@ -73,8 +81,11 @@ def _pytest(session: nox.Session, junit: str, *args: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on the CPU, kernels under the Triton interpreter (with Hugging Face
-    transformers, the CPU-side external implementation judged under its declared design)."""
+    transformers, the CPU-side external implementation judged under its declared design, and
+    flash-linear-attention at the release mutants/fla.toml is anchored on: its recurrent kernel
+    runs under the interpreter, its chunk kernels' mutant anchors are checked against it)."""
     _install(session, "test", "hf")
+    session.install(FLA_CORE, CPU_TORCH)
     _pytest(session, "junit-tests.xml")
 
 
@@ -141,22 +152,14 @@ def golden(session: nox.Session) -> None:
 def mutants(session: nox.Session) -> None:
     """Known GDN bug classes applied to a copy of kernels/: the cpu suite must catch each one.
 
-    The built-in mutants run through the chunk kernel; mutants/gdn-recurrent.toml's through the
-    decode kernel (out/mutants.json, out/mutants-recurrent.json)."""
+    The built-in mutants run through the chunk kernel, against its goldens; mutants/gdn-recurrent.toml's
+    through the decode kernel (out/mutants.json, out/mutants-recurrent.json)."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
-    failed = []
-    for what, args in (
-        ("chunk kernel", ("--goldens", "goldens", "--json", str(OUT / "mutants.json"))),
-        ("decode kernel", ("--mutants", str(ROOT / "mutants" / "gdn-recurrent.toml"),
-                           "--json", str(OUT / "mutants-recurrent.json"))),
-    ):
-        try:
-            session.run("gdn-verify", "mutate", "--suite", "cpu", *args, *session.posargs, env=INTERPRETER_ENV)
-        except nox.command.CommandFailed as exc:
-            failed.append(f"{what} (exit {getattr(exc, 'return_code', None)})")
-    if failed:
-        session.error(f"mutation run failed for the {', '.join(failed)}")
+    _each_kernel(session, "mutation run", lambda impl, goldens, stem: (
+        "gdn-verify", "mutate", "--suite", "cpu",
+        *(("--goldens", goldens) if impl == "gdn" else ("--mutants", str(ROOT / "mutants" / f"{impl}.toml"))),
+        "--json", str(OUT / f"mutants{stem}.json"), *session.posargs), INTERPRETER_ENV)
 
 
 @nox.session(venv_backend="none")
@@ -164,14 +167,54 @@ def gpu(session: nox.Session) -> None:
     """On a CUDA machine, in its own Python: compiled-kernel tests, the gpu suite, benchmarks.
 
     The gpu suite runs through both of our kernels, each against its own goldens (reports
-    out/gpu.*, out/gpu-recurrent.*)."""
+    out/gpu.*, out/gpu-recurrent.*). `nox -s gpu -- --per-gpu` (or GDN_PER_GPU=1) runs it as
+    one `--shard I/N` process per visible GPU, each pinned to its GPU with CUDA_VISIBLE_DEVICES,
+    side by side, then merges their reports (out/gpu*.shardI.{json,log}) with `gdn-verify
+    report merge` into the same reports, plus out/junit-gpu*.xml."""
+    per_gpu, args = wants_per_gpu(session.posargs, os.environ)
     OUT.mkdir(exist_ok=True)
     session.run("python", "-m", "pytest", "-q", f"--junit-xml={OUT / 'junit-gpu.xml'}", "tests")
-    _each_kernel(session, "gpu suite", lambda impl, goldens, stem: (
-        "python", "-m", "gdn_verify", "run", "--suite", "gpu", "--impl", impl, "--device", "cuda",
-        "--goldens", goldens, "--json", str(OUT / f"gpu{stem}.json"), "--markdown", str(OUT / f"gpu{stem}.md"),
-        *session.posargs), None)
+    if per_gpu:
+        count = session.run("python", "-c", GPU_COUNT_CODE, silent=True)
+        gpus = visible_gpus(int(count.strip().splitlines()[-1]), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        _each_kernel(session, "gpu suite", None, None,
+                     run=lambda impl, goldens, stem: _run_per_gpu(session, gpus, impl, goldens, stem, args))
+    else:
+        _each_kernel(session, "gpu suite", lambda impl, goldens, stem: (
+            "python", "-m", "gdn_verify", "run", "--suite", "gpu", "--impl", impl, "--device", "cuda",
+            "--goldens", goldens, "--json", str(OUT / f"gpu{stem}.json"), "--markdown", str(OUT / f"gpu{stem}.md"),
+            *args), None)
     _run_benchmarks(session)
+
+
+def _run_per_gpu(session: nox.Session, gpus: list[str], impl: str, goldens: str, stem: str, args) -> None:
+    """One shard per GPU side by side (gdn_verify/per_gpu.py), then their merge, whose exit code
+    is the run's (a shard that wrote no report makes the merge fail: incomplete)."""
+    try:
+        plan = per_gpu_plan(gpus, impl, goldens, str(OUT), stem, args)
+    except ValueError as exc:
+        session.error(str(exc))
+    start, procs = time.monotonic(), []
+    for shard in plan.shards:
+        Path(shard.report).unlink(missing_ok=True)  # never merge a report of an earlier run
+        with open(shard.log, "w") as log:
+            procs.append(subprocess.Popen(shard.argv, cwd=ROOT, env={**os.environ, **shard.env}, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        session.log(f"{impl}: shard on GPU {shard.env['CUDA_VISIBLE_DEVICES']}: {' '.join(shard.argv)}")
+    running = dict(enumerate(procs))
+    try:
+        while running:  # each shard's wall time as it ends
+            for i, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[i]
+                    shard = plan.shards[i]
+                    session.log(f"{impl}: shard {shard.argv[shard.argv.index('--shard') + 1]} exit {proc.returncode} "
+                                f"after {time.monotonic() - start:.0f} s (log {shard.log})")
+            time.sleep(0.5)
+    finally:  # stopped (Ctrl-C): the shards stop too, keeping what they finished
+        for proc in running.values():
+            proc.terminate()
+    session.run(*plan.merge)
 
 
 @nox.session(venv_backend="none")

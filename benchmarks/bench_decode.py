@@ -25,12 +25,13 @@ import torch
 import triton
 import triton.testing
 
+from gdn_verify.bench_shapes import BENCH_DECODE_SEQUENCES, BENCH_DTYPE, BENCH_MODEL
 from gdn_verify.kernels.fused_recurrent import BLOCK_V, fused_recurrent_gated_delta_rule, num_warps_for
 from gdn_verify.platform import fingerprint
 
-H, HV, K, V = 16, 32, 128, 128
-DTYPE = torch.bfloat16
-SEQUENCES = (1, 64, 256)
+H, HV, K, V = BENCH_MODEL["H"], BENCH_MODEL["HV"], BENCH_MODEL["K"], BENCH_MODEL["V"]
+DTYPE = getattr(torch, BENCH_DTYPE)
+SEQUENCES = BENCH_DECODE_SEQUENCES
 # Anchor kernels 0.20 / 0.24 / 0.37 ms (docs/design.md, 'Benchmark shapes and targets');
 # targets below.
 TARGET_MS = {1: 0.05, 64: 0.1, 256: 0.3}

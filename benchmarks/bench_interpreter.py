@@ -16,11 +16,13 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
-from gdn_verify.adapters import gdn_args, gdn_kwargs  # noqa: E402
+import torch  # noqa: E402
+
 from gdn_verify.cases import suite  # noqa: E402
+from gdn_verify.conventions import gdn_args, gdn_kwargs  # noqa: E402
 from gdn_verify.inputs import make_inputs  # noqa: E402
 from gdn_verify.kernels.chunk import chunk_stage_calls  # noqa: E402
-from gdn_verify.platform import fingerprint, pin_interpreter_threads  # noqa: E402
+from gdn_verify.platform import fingerprint  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +36,7 @@ def main() -> int:
     if args.every < 1:
         print(f"bench_interpreter: --every: expected a positive integer, got {args.every}", file=sys.stderr)
         return 2
-    pin_interpreter_threads()
+    torch.set_num_threads(1)  # timings comparable across machines (the bits do not depend on it)
     cases = suite("cpu")[::args.every]
     seconds: dict[str, float] = defaultdict(float)
     for case in cases:

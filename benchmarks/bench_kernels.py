@@ -37,15 +37,16 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
+from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_DTYPE, BENCH_MODEL, bench_packed_lengths  # noqa: E402
+from gdn_verify.compare import rms_ratio  # noqa: E402
 from gdn_verify.kernels import chunk_gated_delta_rule, compiled_variants  # noqa: E402
 from gdn_verify.kernels.chunk import chunk_stage_calls  # noqa: E402
 from gdn_verify.platform import fingerprint  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402
 
-H, HV, K, V = 16, 32, 128, 128
-DTYPE = torch.bfloat16
-DENSE_TS = (1024, 4096, 16384, 65536)
-PACKED_SEQS = 256
+H, HV, K, V = BENCH_MODEL["H"], BENCH_MODEL["HV"], BENCH_MODEL["K"], BENCH_MODEL["V"]
+DTYPE = getattr(torch, BENCH_DTYPE)
+DENSE_TS = BENCH_DENSE_T
 ACCURACY_TS = (1, 63, 64, 65, 1000, 16384)
 SWEEP_TS = (1, 16, 32, 63, 64, 65, 128, 1000)
 # docs/design.md, 'Benchmark shapes and targets': upstream anchor times, and this project's
@@ -79,8 +80,7 @@ def make_inputs(seq_lens: list[int], packed: bool, seed: int, dev: str = "cuda")
 
 
 def packed_lengths() -> list[int]:
-    gen = torch.Generator().manual_seed(1234)
-    return torch.randint(1, 129, (PACKED_SEQS,), generator=gen).tolist()
+    return bench_packed_lengths()
 
 
 def bytes_moved(inputs: dict, o: torch.Tensor, final_state: torch.Tensor) -> int:
@@ -150,18 +150,13 @@ def stage_rows() -> list[dict]:
     return rows
 
 
-def rms_ratio(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    a, r = actual.double(), reference.double()
-    return (torch.linalg.vector_norm(a - r) / torch.linalg.vector_norm(r)).item()
-
-
 def accuracy_rows() -> list[dict]:
     rows = []
     for T in ACCURACY_TS:
         inputs = make_inputs([T], packed=False, seed=T + 1)
         o, final_state = chunk_gated_delta_rule(**inputs)
         ref_args = {name: x for name, x in inputs.items() if name != "use_qk_l2norm_in_kernel"}
-        ref_o, ref_state = recurrent_gated_delta_rule(**ref_args, use_qk_l2norm=True)
+        ref_o, ref_state = recurrent_gated_delta_rule(**ref_args, l2norm=True)
         rows.append({"T": T, "o_rms_ratio": rms_ratio(o, ref_o),
                      "bf16_rounding_rms_ratio": rms_ratio(ref_o.to(DTYPE), ref_o),
                      "final_state_rms_ratio": rms_ratio(final_state, ref_state),

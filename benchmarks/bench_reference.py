@@ -61,7 +61,7 @@ def make_inputs(seq_lens: list[int], packed: bool, device: str) -> dict:
                 initial_state=randn(len(seq_lens), HV, K, V),
                 cu_seqlens=torch.tensor([0, *seq_lens]).cumsum(0) if packed else None)
     args = {name: x.to(device) if torch.is_tensor(x) else x for name, x in args.items()}
-    return dict(args, output_final_state=True, use_qk_l2norm=True)
+    return dict(args, output_final_state=True, l2norm=True)
 
 
 def on_cpu(args: dict) -> dict:

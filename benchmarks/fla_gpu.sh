@@ -7,6 +7,8 @@
 #                                          #  1. `run` with every check, one JSON report per shard
 #                                          #     (the design factor's calibration data)
 #                                          #  2. `golden regen` into goldens/fla-chunk (its own store)
+#                                          #  (then, on this machine: benchmarks/design_calibration.py
+#                                          #  over the run reports, benchmarks/fla_summary.py)
 #   bash benchmarks/fla_gpu.sh proof       # with goldens/fla-chunk from the first call:
 #                                          #  1. `golden diff` in fresh processes: all equal, exit 0
 #                                          #  2. the one-line change (benchmarks/fla_one_line_change.toml)
@@ -49,6 +51,9 @@ shards() {  # name max_seconds dir gdn-verify args...: every shard of dir, P at 
   local name=$1 t; t=$(limit "$2"); local dir=$3; shift 3
   echo "== $name: $(ls "$dir"/s??? | wc -l) shards, $P at a time (limit ${t}s)"; local s=$SECONDS
   ls "$dir"/s??? | timeout -k 10 "$t" xargs -P "$P" -I{} bash -c 'run_one "$@"' _ {} "$@"
+  # A shard the limit stopped still writes the goldens of the cases it passed: let it finish
+  # before anything reads the store (or the next call's copy of the tree replaces it).
+  for _ in $(seq 30); do pgrep -f "python3 -m gdn_verify" > /dev/null || break; sleep 1; done
   echo "   done after $((SECONDS - s))s; exit codes: $(cut -d' ' -f1 "$dir/exit_codes" 2>/dev/null | sort | uniq -c | tr '\n' ' ')"
   cat "$dir"/s???.log > "$LOGS/$name.log" 2>/dev/null; }
 
@@ -62,6 +67,8 @@ FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
 
 case "$PHASE" in
 calibrate)
+  # Which TF32 reading the design's `tf32-trunc` assumes: cut or rounded operands (seconds).
+  step tf32_rounding 60 python3 benchmarks/tf32_rounding.py --json "$WORK/logs/tf32_rounding.json"
   shard_files "$WORK/fla" --suite gpu --dtypes "$DTYPES" > /dev/null
   shards fla_run 300 "$WORK/fla" run "${FLA[@]}" --no-audit --json SHARD.run.json
   mkdir -p "$WORK/runs"; cp "$WORK"/fla/s???.run.json "$WORK/runs/" 2>/dev/null
@@ -90,8 +97,15 @@ for mutant in spec.mutants:
         path.write_text(apply_edit(path.read_text(), edit, mutant.name))
         print(f"{mutant.name}: {path}")
 PY
+  # Against the committed store (tensors over 64 KiB as digests), then against whole tensors
+  # of the unchanged package (a scratch store), which give every difference its ULPs.
   PYTHONPATH=/tmp/site-changed step one_line_change 90 python3 -m gdn_verify golden diff "${FLA[@]}" \
     --goldens "$STORE" --cases "$MUTANT_CASES" --markdown "$WORK/one_line_change.md" --json "$WORK/one_line_change.json"
+  shard_files "$WORK/full" --suite gpu --cases "$MUTANT_CASES" > /dev/null
+  shards full_tensor_regen 120 "$WORK/full" golden regen "${FLA[@]}" --goldens /tmp/fla-full --max-golden-bytes 1G
+  PYTHONPATH=/tmp/site-changed step one_line_change_full 90 python3 -m gdn_verify golden diff "${FLA[@]}" \
+    --goldens /tmp/fla-full --cases "$MUTANT_CASES" --markdown "$WORK/one_line_change_full_tensors.md" \
+    --json "$WORK/one_line_change_full_tensors.json"
   echo "   (exit 1 expected: the change alters bits)"
   step fla_mutants 200 python3 -m gdn_verify mutate --mutants mutants/fla.toml --suite gpu --device cuda \
     --cases "$MUTANT_CASES" --goldens "$STORE" --workers 6 --json "$WORK/fla_mutants.json"
@@ -103,7 +117,8 @@ PY
       shards "regen_$1" 120 "$WORK/ours-$1" golden regen --suite gpu --impl "$1" --device cuda --goldens "$2"
   done
   tar czf "$FINAL/our_stores.tgz" goldens/cuda* goldens/gdn-recurrent
-  tar czf "$FINAL/fla_proof.tgz" -C "$WORK" diffs logs one_line_change.md one_line_change.json fla_mutants.json
+  tar czf "$FINAL/fla_proof.tgz" -C "$WORK" diffs logs one_line_change.md one_line_change.json \
+    one_line_change_full_tensors.md one_line_change_full_tensors.json fla_mutants.json
   ;;
 *) echo "usage: $0 calibrate|proof" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import gdn_verify.contract as contract  # noqa: E402
 from gdn_verify.cases import suite  # noqa: E402
 from gdn_verify.compare import rms_ratio  # noqa: E402
-from gdn_verify.impls import gdn_args, gdn_kwargs  # noqa: E402
+from gdn_verify.conventions import gdn_args, gdn_kwargs  # noqa: E402
 from gdn_verify.inputs import make_inputs  # noqa: E402
 from gdn_verify.kernels import chunk_gated_delta_rule  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402

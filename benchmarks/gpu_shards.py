@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=SUITES, default="gpu")
     p.add_argument("--dtypes", help="comma-separated input dtypes to keep (default: all)")
+    p.add_argument("--cases", metavar="PATTERN", help="only cases whose id matches this regular expression")
     p.add_argument("--per-shard", type=int, default=8, help="at most this many cases a line (default 8)")
     p.add_argument("--missing-from", metavar="DIR", type=Path, help="only cases this golden store lacks")
     p.add_argument("--device", default="cuda", help="the store's device, with --missing-from (default cuda)")
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     have = stored_cases(args.missing_from, args.device) if args.missing_from else set()
     todo, done = defaultdict(list), defaultdict(list)
     for case in suite(args.suite):
-        if dtypes is None or case.dtype in dtypes:
+        if (dtypes is None or case.dtype in dtypes) and (args.cases is None or re.search(args.cases, case.id)):
             (done if case.id in have else todo)[combination(case)].append(case)
     shards = [ids[i:i + args.per_shard] for ids in ([c.id for c in cases] for cases in todo.values())
               for i in range(0, len(ids), args.per_shard)]

@@ -27,7 +27,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable, Iterator, Sequence
 
-from gdn_verify.contract import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from gdn_verify.contract import CHUNK_SIZE, MAX_HEAD_DIM, SUPPORTED_DTYPES
+from gdn_verify.sampling import draw, sample_product
 
 LAYOUTS = ("dense", "varlen")
 GATES = ("zero", "mild", "strong", "mixed", "extreme")
@@ -199,31 +200,12 @@ def varlen(seq_lens: Sequence[int], **kw) -> Case:
     return Case(layout="varlen", seq_lens=tuple(seq_lens), **kw)
 
 
-# ----------------------------------------------------------------------------------------
-# Deterministic sampling
-# ----------------------------------------------------------------------------------------
+def case_cost(case: Case) -> int:
+    """Relative interpreter cost of a case: one program per (chunk or sequence, value head).
 
-def _draw(seed: int, index: int, axis: str, n: int) -> int:
-    """A reproducible integer in [0, n) for one axis of one draw."""
-    digest = hashlib.sha256(f"{seed}:{index}:{axis}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % n
-
-
-def sample_product(axes: dict[str, Sequence], count: int, seed: int) -> Iterator[dict]:
-    """`count` distinct points of the product of `axes`, a stream stable under `count`."""
-    total = 1
-    for values in axes.values():
-        total *= len(values)
-    count = min(count, total)
-    seen: set[tuple] = set()
-    index = 0
-    while len(seen) < count:
-        picks = tuple(_draw(seed, index, name, len(values)) for name, values in axes.items())
-        index += 1
-        if picks in seen:
-            continue
-        seen.add(picks)
-        yield {name: values[i] for (name, values), i in zip(axes.items(), picks)}
+    Fitted on a cpu-suite run: time ~ 0.5 s + 0.06 s x cost, correlation 0.85.
+    """
+    return (case.N + sum(-(-n // CHUNK_SIZE) for n in case.seq_lens)) * case.HV
 
 
 def _unique(cases: Iterable[Case]) -> list[Case]:
@@ -370,7 +352,7 @@ def _scaled_patterns(factor: int) -> dict[str, tuple[int, ...]]:
 
 def _many_short(n: int, seed: int) -> tuple[int, ...]:
     """n sequence lengths in 1..128, reproducible: a serving-style batch of short prefills."""
-    return tuple(1 + _draw(seed, i, "len", 128) for i in range(n))
+    return tuple(1 + draw(seed, i, "len", 128) for i in range(n))
 
 
 # Head layouts and sizes sampled together on the GPU: every distinct (H, HV, K, V, dtype, flags)

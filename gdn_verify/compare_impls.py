@@ -26,41 +26,31 @@ from typing import Callable, Sequence
 
 import torch
 
-from gdn_verify.adapters import Adapter, NotSupported, l2_normalized
+from gdn_verify.adapters import Adapter, NotSupported
+from gdn_verify.conventions import l2_normalized
+from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_DTYPE, BENCH_MODEL, BENCH_PACKED_SEQS, bench_packed_lengths
 from gdn_verify.cases import DTYPES, Case, dense, varlen
+from gdn_verify.contract import CHUNK_SIZE
 from gdn_verify.compare import TENSORS, backend_of
 from gdn_verify.invariants import INVARIANTS
-from gdn_verify.runner import (
-    STATUS_NOT_SUPPORTED,
-    STATUSES,
-    CaseResult,
-    RunOptions,
-    RunResult,
-    VariantAudit,
-    _Goldens,
-    run_case,
-    variant_audit,
-)
+from gdn_verify.audit import variant_audit
+from gdn_verify.results import CaseResult, RunOptions, RunResult, STATUS_NOT_SUPPORTED, STATUSES, VariantAudit
+from gdn_verify.run_goldens import RunGoldens
+from gdn_verify.runner import run_case
 
-SHAPE_CLASSES = ("dense, T <= 64", "dense, T > 64", "packed")
+# One chunk or more, or varlen (the label "packed" is the report's).
+SHAPE_CLASSES = (f"dense, T <= {CHUNK_SIZE}", f"dense, T > {CHUNK_SIZE}", "packed")
 
-# The benchmark shapes (docs/design.md, 'Benchmark shapes and targets'): H = 16, HV = 32,
-# K = V = 128, bfloat16, initial and final state; one sequence of each T, and 256 packed
-# sequences of 1..128 tokens (the lengths of benchmarks/bench_kernels.py: same seed). q and k
-# arrive normalized (no l2norm in the call): flash-linear-attention autotunes its l2norm kernel
-# anew for every bucket of T (25 configs each), which would spend the time of a one-call GPU run
-# on compiling.
-BENCH_MODEL = dict(H=16, HV=32, K=128, V=128)
-BENCH_DENSE_T = (1024, 4096, 16384, 65536)
-BENCH_PACKED_SEQS = 256
-BENCH_PACKED_SEED = 1234
-BENCH_REGIME = dict(dtype="bfloat16", init_state="random", l2norm=False)
+# The benchmark shapes (gdn_verify/bench_shapes.py). q and k arrive normalized (no l2norm in
+# the call): flash-linear-attention autotunes its l2norm kernel anew for every bucket of T (25
+# configs each), which would spend the time of a one-call GPU run on compiling.
+BENCH_REGIME = dict(dtype=BENCH_DTYPE, init_state="random", l2norm=False)
 
 
 def shape_class(case: Case) -> str:
     if case.layout == "varlen":
         return SHAPE_CLASSES[2]
-    return SHAPE_CLASSES[0] if case.T <= 64 else SHAPE_CLASSES[1]
+    return SHAPE_CLASSES[0] if case.T <= CHUNK_SIZE else SHAPE_CLASSES[1]
 
 
 # ----------------------------------------------------------------------------------------
@@ -68,8 +58,7 @@ def shape_class(case: Case) -> str:
 # ----------------------------------------------------------------------------------------
 
 def bench_cases() -> list[tuple[str, Case]]:
-    gen = torch.Generator().manual_seed(BENCH_PACKED_SEED)
-    lens = torch.randint(1, 129, (BENCH_PACKED_SEQS,), generator=gen).tolist()
+    lens = bench_packed_lengths()
     shapes = [(f"T = {T}", dense(T, **BENCH_MODEL, **BENCH_REGIME)) for T in BENCH_DENSE_T]
     shapes.append((f"{BENCH_PACKED_SEQS} packed sequences of 1..128 (T = {sum(lens)})",
                    varlen(lens, **BENCH_MODEL, **BENCH_REGIME)))
@@ -279,7 +268,7 @@ def compare_impls(adapters: Sequence[Adapter], cases: Sequence[Case], device: st
         audits[adapter.spec], note = _audit(adapter, device) if options.audit else (None, "not asked")
         if note:
             comparison.audit_notes[adapter.spec] = note
-    goldens = _Goldens(None, fp)
+    goldens = RunGoldens(None, fp)
     results: dict[str, list[CaseResult]] = {a.spec: [] for a in adapters}
     spent = {a.spec: 0.0 for a in adapters}
     done = 0  # cases every implementation finished

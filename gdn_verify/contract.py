@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_HEAD_DIM = 256
+# Tokens per chunk of the chunked form (docs/design.md, 'Chunked form'): our chunk kernel, the
+# chunked reference, the per-chunk slices of the checks and of a reproducer.
+CHUNK_SIZE = 64
 # q and k are normalized as x / sqrt(sum(x^2) + L2NORM_EPS) per token and head when asked.
 L2NORM_EPS = 1e-6
 SUPPORTED_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -116,9 +119,9 @@ def validate(
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
-    use_qk_l2norm=False,
+    l2norm=False,
     *,
-    l2norm_arg: str = "use_qk_l2norm",
+    l2norm_arg: str = "l2norm",
 ) -> Problem:
     """Check the GDN arguments against the contract (docs/design.md, 'Input contract');
     return the problem sizes.
@@ -215,7 +218,7 @@ def validate(
         text = repr(scale)
         shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
         raise _fail("scale", "None or a finite real number", shown)
-    for name, flag in (("output_final_state", output_final_state), (l2norm_arg, use_qk_l2norm)):
+    for name, flag in (("output_final_state", output_final_state), (l2norm_arg, l2norm)):
         if not isinstance(flag, bool):
             raise _fail(name, "a bool", repr(flag))
 

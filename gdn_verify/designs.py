@@ -21,33 +21,43 @@ Quantities, in the order the chunk algorithm makes them:
     o        the output before its cast to v's dtype (the cast itself is the contract's and is
              always applied)
 
+Gate base (`exp2=C`): the implementation multiplies the cumulative gate by C (its float
+constant for 1/ln 2, rounded to the compute dtype), rounds the product as it stores g_cum, and
+exponentiates base 2. The product's rounding is a relative error of the exponent: for a
+cumulative gate of -250 about 1.5e-5 of the decay, far above float32 roundoff of the decay
+itself, so a design that scales its gates so must say so. Default: natural exp of g_cum.
+
 Dtype words: `input` (the input dtype), `compute` (float32, or float64 for float64 inputs:
 exact mode), `float32`, `float16`, `bfloat16`. Rounding is round to nearest even (torch
 casts); a dtype at least as wide as the input's float64 value is no rounding.
 
 Dot modes, for the operands of every matrix product of float32, float16 and bfloat16 problems
-(float64 problems have no rounded dots): `ieee` (not rounded), `tf32` (rounded to 10 explicit
-mantissa bits, to nearest with ties away from zero, as cvt.rna.tf32.f32 does; the float32 range
-and subnormals are kept; bfloat16 and float16 values pass unchanged), `bf16` (rounded to
-bfloat16).
+(float64 problems have no rounded dots): `ieee` (not rounded); `tf32` (rounded to 10 explicit
+mantissa bits, to nearest with ties away from zero, as cvt.rna.tf32.f32 does); `tf32-trunc` (cut
+to 10 bits, the 13 below dropped: how tensor cores read the float32 operands that Triton's
+default tl.dot hands them unrounded; benchmarks/tf32_rounding.py tells the two apart on a GPU);
+both keep the float32 range and subnormals and pass bfloat16 and float16 values unchanged;
+`bf16` (rounded to bfloat16).
 
 Spec syntax (`parse_design`): a named design (`gdn`, `fla`, `float32`) or clauses joined by `;`
 
     store=NAME[,NAME...]:DTYPE    these quantities are stored in DTYPE (later clauses win)
     dots=MODE                     dot operands (default ieee)
+    exp2=C                        gates scaled by C and exponentiated base 2 (default: exp)
 
 for example `store=Tm,W,U,h,v_new:input;store=A,state:compute;dots=tf32`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 QUANTITIES = ("inputs", "qk", "g_cum", "A", "Tm", "W", "U", "h", "v_new", "state", "o")
 DTYPE_WORDS = ("input", "compute", "float32", "float16", "bfloat16")
-DOT_MODES = ("ieee", "tf32", "bf16")
+DOT_MODES = ("ieee", "tf32", "tf32-trunc", "bf16")
 _TORCH = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 
@@ -56,14 +66,20 @@ def _name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def tf32_round(x: torch.Tensor) -> torch.Tensor:
-    """x (any float dtype) rounded to float32 and then to TF32, returned in x's dtype.
+def tf32_round(x: torch.Tensor, mode: str = "tf32") -> torch.Tensor:
+    """x (any float dtype) rounded to float32 and then to TF32 as dot mode `mode` does, returned
+    in x's dtype.
 
-    Adding half a unit of the 10th mantissa bit to the magnitude bits and clearing the 13 bits
-    below is round to nearest, ties away from zero (the sign bit is apart). Inf and NaN pass."""
+    "tf32" adds half a unit of TF32's 10th mantissa bit to the magnitude bits and clears the 13
+    bits below, which is round to nearest, ties away from zero (the sign bit is apart);
+    "tf32-trunc" only clears them (toward zero). Inf and NaN pass."""
     x32 = x.to(torch.float32)
     bits = x32.view(torch.int32)
-    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    if mode == "tf32":
+        bits = bits + 0x1000
+    elif mode != "tf32-trunc":
+        raise ValueError(f"mode: expected tf32 or tf32-trunc, got {mode!r}")
+    rounded = (bits & ~0x1FFF).view(torch.float32)
     return torch.where(x32.isfinite(), rounded, x32).to(x.dtype)
 
 
@@ -73,6 +89,7 @@ class Rounding:
 
     stored: tuple[tuple[str, torch.dtype], ...] = ()  # quantity -> the dtype it is rounded into
     dots: str = "ieee"
+    exp2: float | None = None  # the gate scale C in the compute dtype, or None: natural exp
 
     def dtype_of(self, quantity: str) -> torch.dtype | None:
         return dict(self.stored).get(quantity)
@@ -85,8 +102,8 @@ class Rounding:
         return x.to(dtype).to(x.dtype)
 
     def operand(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dots == "tf32":
-            return tf32_round(x)
+        if self.dots in ("tf32", "tf32-trunc"):
+            return tf32_round(x, self.dots)
         if self.dots == "bf16":
             return x.to(torch.bfloat16).to(x.dtype)
         return x
@@ -112,6 +129,7 @@ class PrecisionDesign:
     store: tuple[tuple[str, str], ...] = ()
     dots: str = "ieee"
     description: str = ""
+    exp2: float | None = None
 
     def __post_init__(self) -> None:
         for quantity, word in self.store:
@@ -121,15 +139,18 @@ class PrecisionDesign:
                 raise ValueError(f"unknown dtype {word!r}: expected one of {', '.join(DTYPE_WORDS)}")
         if self.dots not in DOT_MODES:
             raise ValueError(f"unknown dot mode {self.dots!r}: expected one of {', '.join(DOT_MODES)}")
+        if self.exp2 is not None and not (isinstance(self.exp2, float) and math.isfinite(self.exp2) and self.exp2 > 0):
+            raise ValueError(f"exp2: expected a finite positive float, got {self.exp2!r}")
         object.__setattr__(self, "store", tuple(sorted(dict(self.store).items(), key=lambda kv: QUANTITIES.index(kv[0]))))
 
     def rounding(self, input_dtype) -> Rounding:
         """The design for inputs of input_dtype (a torch dtype or its name)."""
         name = _name(input_dtype)
         words = {"input": name, "compute": "float64" if name == "float64" else "float32"}
+        exp2 = None if self.exp2 is None else torch.tensor(self.exp2, dtype=torch.float64).to(_TORCH[words["compute"]]).item()
         # float64 problems have no TF32 or bf16 tensor-core dots: their operands are never rounded.
         return Rounding(tuple((q, _TORCH[words.get(w, w)]) for q, w in self.store),
-                        "ieee" if name == "float64" else self.dots)
+                        "ieee" if name == "float64" else self.dots, exp2)
 
     def final_state_dtype(self, input_dtype) -> torch.dtype:
         """The returned final state's dtype: the contract's (float32, float64 in exact mode),
@@ -146,11 +167,11 @@ class PrecisionDesign:
         by_word: dict[str, list[str]] = {}
         for quantity, word in self.store:
             by_word.setdefault(word, []).append(quantity)
-        clauses = [f"store={','.join(qs)}:{word}" for word, qs in by_word.items()]
-        return ";".join(clauses + [f"dots={self.dots}"])
+        clauses = [f"store={','.join(qs)}:{word}" for word, qs in by_word.items()] + [f"dots={self.dots}"]
+        return ";".join(clauses + ([f"exp2={self.exp2!r}"] if self.exp2 is not None else []))
 
     def same_rules(self, other: "PrecisionDesign | None") -> bool:
-        return other is not None and (self.store, self.dots) == (other.store, other.dots)
+        return other is not None and (self.store, self.dots, self.exp2) == (other.store, other.dots, other.exp2)
 
     def to_json(self) -> dict:
         return {"name": self.name, "spec": self.spec, "description": self.description}
@@ -165,10 +186,13 @@ GDN = PrecisionDesign(
     "about 2^-16 relative, treated as IEEE)")
 FLA = PrecisionDesign(
     "fla", tuple((q, "input") for q in ("qk", "Tm", "W", "U", "h", "v_new"))
-    + tuple((q, "compute") for q in ("g_cum", "A", "state", "o")), "tf32",
+    + tuple((q, "compute") for q in ("g_cum", "A", "state", "o")), "tf32-trunc",
     "flash-linear-attention chunk_gated_delta_rule: l2-normalized q and k, Tm = solve_tril(A), W, U, the "
     "per-chunk states h and V' stored in the input dtype; A (chunk_scaled_dot_kkt_fwd, output_dtype "
-    "float32), the cumulative gate and the carried state in float32; float32 dots in TF32")
+    "float32), the cumulative gate and the carried state in float32; float32 dots in TF32 as Triton's "
+    "tensor cores read float32 operands; the cumulative gate scaled by its RCP_LN2 (chunk_local_cumsum's "
+    "scale) and exponentiated base 2",
+    exp2=1.4426950216)
 FLOAT32 = PrecisionDesign(
     "float32", tuple((q, "float32") for q in QUANTITIES), "ieee",
     "everything in float32 whatever the input dtype, o returned in the input dtype (Hugging Face "
@@ -186,15 +210,23 @@ def parse_design(text: str) -> PrecisionDesign:
         raise ValueError(f"design {text!r}: expected a named design ({', '.join(DESIGNS)}) or a spec such as "
                          "'store=Tm,W,U,h,v_new:input;dots=tf32'")
     store: dict[str, str] = {}
-    dots = "ieee"
+    dots, exp2 = "ieee", None
     for clause in text.split(";"):
         clause = clause.strip()
         if not clause:
             continue
         key, sep, value = clause.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or key not in ("store", "dots"):
-            raise ValueError(f"design clause {clause!r}: expected store=NAMES:DTYPE or dots=MODE")
+        if not sep or key not in ("store", "dots", "exp2"):
+            raise ValueError(f"design clause {clause!r}: expected store=NAMES:DTYPE, dots=MODE or exp2=C")
+        if key == "exp2":
+            try:
+                exp2 = float(value)
+            except ValueError:
+                exp2 = math.nan
+            if not (math.isfinite(exp2) and exp2 > 0):
+                raise ValueError(f"design clause {clause!r}: exp2 needs a finite positive number, got {value!r}")
+            continue
         if key == "dots":
             if value not in DOT_MODES:
                 raise ValueError(f"design clause {clause!r}: dot mode {value!r} is not one of {', '.join(DOT_MODES)}")
@@ -211,11 +243,11 @@ def parse_design(text: str) -> PrecisionDesign:
                 raise ValueError(f"design clause {clause!r}: quantity {quantity!r} is not one of "
                                  f"{', '.join(QUANTITIES)}")
             store[quantity] = word
-    design = PrecisionDesign("custom", tuple(store.items()), dots)
+    design = PrecisionDesign("custom", tuple(store.items()), dots, exp2=exp2)
     for named in DESIGNS.values():
         if named.same_rules(design):
             return named
-    return PrecisionDesign(design.spec, design.store, design.dots, "declared by spec")
+    return PrecisionDesign(design.spec, design.store, design.dots, "declared by spec", exp2)
 
 
 def resolve_design(design: "PrecisionDesign | str | None") -> PrecisionDesign | None:

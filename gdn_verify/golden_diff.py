@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from gdn_verify.bitwise import BitDiff, bit_diff
-from gdn_verify.golden_files import STORED_DIGEST, _dtype_name, tensor_sha256, tensor_summary
+from gdn_verify.golden_files import STORED_DIGEST, tensor_dtype_name, tensor_sha256, tensor_summary
 
 DIGEST_ONLY_HINT = (
     "a digest-only golden gives no ULP statistics; to get them, regenerate full goldens into a "
@@ -19,8 +19,8 @@ DIGEST_ONLY_HINT = (
     "--goldens SCRATCH` on this one"
 )
 
-_SUMMARY_COUNTS = ("n_nan", "n_posinf", "n_neginf")
-_SUMMARY_VALUES = ("finite_sum", "finite_l2", "finite_max_abs")
+SUMMARY_COUNTS = ("n_nan", "n_posinf", "n_neginf")
+SUMMARY_VALUES = ("finite_sum", "finite_l2", "finite_max_abs")
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,15 @@ class DigestDiff:
         """New minus golden, for every summary number (empty when equal)."""
         if self.new_summary is None:
             return {}
-        return {k: self.new_summary[k] - self.stored_summary[k] for k in _SUMMARY_COUNTS + _SUMMARY_VALUES}
+        return {k: self.new_summary[k] - self.stored_summary[k] for k in SUMMARY_COUNTS + SUMMARY_VALUES}
 
     def detail(self) -> str:
         """The summary numbers that moved, golden -> now, values at full (repr) precision."""
         if self.new_summary is None:
             return ""
         old, new = self.stored_summary, self.new_summary
-        clauses = [f"{k} {old[k]!r} -> {new[k]!r} ({new[k] - old[k]:+.3g})" for k in _SUMMARY_VALUES if old[k] != new[k]]
-        counts = [f"{k} {old[k]} -> {new[k]}" for k in _SUMMARY_COUNTS if old[k] != new[k]]
+        clauses = [f"{k} {old[k]!r} -> {new[k]!r} ({new[k] - old[k]:+.3g})" for k in SUMMARY_VALUES if old[k] != new[k]]
+        counts = [f"{k} {old[k]} -> {new[k]}" for k in SUMMARY_COUNTS if old[k] != new[k]]
         return "; ".join(clauses + counts) or "summary numbers unchanged"
 
     def summary(self) -> str:
@@ -105,10 +105,10 @@ def diff_tensors(
             diffs[name] = "new tensor, not in the golden"
         elif name not in new:
             diffs[name] = "in the golden, not produced now"
-        elif _dtype_name(new[name]) != golden[name]["dtype"] or list(new[name].shape) != list(golden[name]["shape"]):
+        elif tensor_dtype_name(new[name]) != golden[name]["dtype"] or list(new[name].shape) != list(golden[name]["shape"]):
             diffs[name] = (
                 f"golden {golden[name]['dtype']}{list(golden[name]['shape'])} -> "
-                f"now {_dtype_name(new[name])}{list(new[name].shape)}"
+                f"now {tensor_dtype_name(new[name])}{list(new[name].shape)}"
             )
         elif golden[name]["stored"] == STORED_DIGEST:
             diffs[name] = digest_diff(new[name], golden[name])
@@ -117,7 +117,7 @@ def diff_tensors(
     return diffs
 
 
-def _all_equal(diffs: dict[str, TensorDiff]) -> bool:
+def all_tensors_equal(diffs: dict[str, TensorDiff]) -> bool:
     return all(not isinstance(d, str) and d.equal for d in diffs.values())
 
 
@@ -134,7 +134,7 @@ def _changed_text(diffs: dict[str, TensorDiff]) -> str:
     )
 
 
-def _digest_only_differs(diffs: dict[str, TensorDiff]) -> bool:
+def digest_only_differs(diffs: dict[str, TensorDiff]) -> bool:
     return any(isinstance(d, DigestDiff) and not d.equal for d in diffs.values())
 
 
@@ -225,7 +225,7 @@ class RegenReport:
 
     @property
     def kept_but_different(self) -> list[CaseChange]:
-        return [c for c in self.kept if not _all_equal(c.diffs)]
+        return [c for c in self.kept if not all_tensors_equal(c.diffs)]
 
     @property
     def incomplete(self) -> bool:
@@ -255,7 +255,7 @@ class RegenReport:
             "deleted": self.deleted,
         }
 
-    def _rows(self) -> list[tuple[str, str, str]]:
+    def rows(self) -> list[tuple[str, str, str]]:
         """(case_id, outcome, detail) for every case worth a line (unchanged ones are counted only)."""
         rows = [(cid, "not written", reason) for cid, reason in self.not_written]
         rows += [(cid, "added", "") for cid in self.added]
@@ -297,24 +297,13 @@ class RegenReport:
             hints.append(f"prune refused: {self.prune_refused}")
         elif self.unused and not self.pruned:
             hints.append("unused goldens are kept: rerun with --prune to remove them")
-        if any(_digest_only_differs(c.diffs) for c in self.replaced + self.kept):
+        if any(digest_only_differs(c.diffs) for c in self.replaced + self.kept):
             hints.append(DIGEST_ONLY_HINT)
         return hints
 
     def render(self) -> str:
         """Plain text for the terminal or a log."""
         lines = [self.headline()]
-        lines += [f"  {outcome:<24} {cid}  {detail}".rstrip() for cid, outcome, detail in self._rows()]
+        lines += [f"  {outcome:<24} {cid}  {detail}".rstrip() for cid, outcome, detail in self.rows()]
         lines += [f"hint: {h}" for h in self.hints()]
         return "\n".join(lines)
-
-    def rich_table(self):
-        """The same as render(), as a rich Table (title = headline) for the CLI."""
-        from rich.table import Table
-
-        table = Table(title=self.headline(), caption="\n".join(self.hints()) or None)
-        for column in ("case", "outcome", "detail"):
-            table.add_column(column, overflow="fold")
-        for row in self._rows():
-            table.add_row(*row)
-        return table

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gdn_verify.files import write_atomic
 from gdn_verify.platform import CUDA_BACKEND, INTERPRETER_BACKEND
 
 MANIFEST = "manifest.json"
@@ -35,9 +36,9 @@ _KIB = 1024
 # statistics for every case. The gpu suite's tensors total 1.9 GB (up to 64 MiB each); with
 # 64 KiB, 126 of its 1064 tensors stay full (3.0 MB), with 256 KiB it would be 329 (37 MB).
 DEFAULT_MAX_TENSOR_BYTES = {INTERPRETER_BACKEND: 512 * _KIB, CUDA_BACKEND: 64 * _KIB}
-_TMP_PREFIX = ".tmp-"
-_ENTRY_KEYS = ("case", "inputs_digest", "file", "file_sha256", "tensors")
-_TENSOR_KEYS = {STORED_FILE: ("sha256", "dtype", "shape"), STORED_DIGEST: ("sha256", "dtype", "shape", "summary")}
+TMP_PREFIX = ".tmp-"
+ENTRY_KEYS = ("case", "inputs_digest", "file", "file_sha256", "tensors")
+TENSOR_KEYS = {STORED_FILE: ("sha256", "dtype", "shape"), STORED_DIGEST: ("sha256", "dtype", "shape", "summary")}
 
 
 class GoldenError(RuntimeError):
@@ -71,7 +72,7 @@ def tensor_summary(t: torch.Tensor) -> dict:
     }
 
 
-def _dtype_name(t: torch.Tensor) -> str:
+def tensor_dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
@@ -91,39 +92,18 @@ def byte_size(text: str) -> int:
     return int(match[1]) * _KIB ** " kmg".index(match[2].lower() or " ")
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_store_file(path: Path, data: bytes) -> None:
+    """files.write_atomic under the store's rules: the temp file's name derives from path's
+    (`.tmp-<name>`), so that a later writer knows it for the store's own, and the file is 0644
+    whatever the umask (it must not hide goldens from other users)."""
+    write_atomic(path, data, tmp_name=TMP_PREFIX + path.name, mode=0o644)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path so that path holds either its old content or all of data. The temp
-    file's name derives from path's (`.tmp-<name>`), so that a later writer knows it for the
-    store's own; only a writer holding the store lock calls this, so the name is not shared."""
-    tmp = path.with_name(_TMP_PREFIX + path.name)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # the umask must not hide goldens from other users
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.lstat(tmp).st_mode):
-                os.unlink(tmp)
-        raise
-
-
-def _read_regular_file(path: Path) -> bytes:
+def read_regular_file(path: Path) -> bytes:
     """The bytes of path, which must be a regular file and not a symlink. OSError otherwise:
     ELOOP for a symlink (never followed), EINVAL for a directory, FIFO or device (never
     read: a FIFO would block)."""
@@ -139,7 +119,7 @@ def _read_regular_file(path: Path) -> bytes:
         return f.read()
 
 
-def _read_problem(err: OSError) -> str:
+def read_problem(err: OSError) -> str:
     """Why a store file could not be read, as the end of a sentence."""
     if err.errno == errno.ELOOP:
         return "is a symlink; the store reads only its own regular files, never through a symlink"
@@ -148,12 +128,12 @@ def _read_problem(err: OSError) -> str:
     return f"cannot be read: {err.strerror or err}"
 
 
-def _file_name_problem(name) -> str | None:
+def file_name_problem(name) -> str | None:
     """Why name cannot be a golden file's name in a manifest (None when it can). Golden files
     lie directly in the store's directory: a name is one path component, not hidden (the
     store's own lock, record and temp files are), ending in GOLDEN_SUFFIX."""
     if not isinstance(name, str):
-        return f"is {_kind(name)}, expected a file name"
+        return f"is {json_kind(name)}, expected a file name"
     if os.path.isabs(name):
         return "is an absolute path; golden files lie in the store's directory"
     if "/" in name or ".." in name or "\\" in name or "\0" in name:
@@ -163,7 +143,7 @@ def _file_name_problem(name) -> str | None:
     return None
 
 
-def _kind(value) -> str:
+def json_kind(value) -> str:
     """A JSON value's type and (shortened) value, for messages."""
     kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -171,7 +151,7 @@ def _kind(value) -> str:
     return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
-def _delete_own(path: Path, deleted: list[str] | None) -> None:
+def delete_own(path: Path, deleted: list[str] | None) -> None:
     """Remove path if it is a regular file (a symlink or directory is not the store's), and
     note its name in deleted."""
     try:
@@ -228,7 +208,7 @@ def store_lock(directory: Path, timeout_s: float = 600.0) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _writer_holds_lock(directory: Path) -> bool:
+def writer_holds_lock(directory: Path) -> bool:
     """Whether a writer holds the store's lock now (a shared lock taken and dropped at once;
     a missing, symlinked or unreadable lock file counts as not held)."""
     try:
@@ -244,36 +224,36 @@ def _writer_holds_lock(directory: Path) -> bool:
     return False
 
 
-_RESTORE = "restore it from git or regenerate"
+RESTORE_HINT = "restore it from git or regenerate"
 # The manifest's top-level keys that readers use, and the JSON types they must have.
 _MANIFEST_TYPES = {"platform_key": (str, "a string"), "fingerprint": (dict, "an object"),
                    "max_tensor_bytes": (int, "an integer >= 0"), "cases": (dict, "an object {case id: entry}")}
 
 
-def _read_manifest(directory: Path) -> dict | None:
+def read_manifest(directory: Path) -> dict | None:
     """The parsed manifest, None if there is none; GoldenError, naming the file and what is
     wrong, if it cannot be read, is not UTF-8 JSON, or its top-level keys lack or have the
     wrong types (entries are checked when used: `PlatformGoldens.entry`)."""
     path = directory / MANIFEST
     try:
-        data = _read_regular_file(path)
+        data = read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise GoldenError(f"{path}: golden manifest {_read_problem(err)}") from err
+        raise GoldenError(f"{path}: golden manifest {read_problem(err)}") from err
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise GoldenError(
             f"{path}: golden manifest is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
-            f"{_RESTORE}"
+            f"{RESTORE_HINT}"
         ) from None
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:
-        raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); {_RESTORE}") from err
+        raise GoldenError(f"{path}: golden manifest is not valid JSON ({err}); {RESTORE_HINT}") from err
     if not isinstance(manifest, dict):
-        raise GoldenError(f"{path}: golden manifest is not a JSON object; {_RESTORE}")
+        raise GoldenError(f"{path}: golden manifest is not a JSON object; {RESTORE_HINT}")
     fmt = manifest.get("format", FORMAT)
     if type(fmt) is not int or fmt != FORMAT:
         raise GoldenError(
@@ -282,11 +262,11 @@ def _read_manifest(directory: Path) -> dict | None:
         )
     missing = [k for k in ("format", "platform_key", "fingerprint", "max_tensor_bytes", "cases") if k not in manifest]
     if missing:
-        raise GoldenError(f"{path}: golden manifest lacks {missing}; {_RESTORE}")
+        raise GoldenError(f"{path}: golden manifest lacks {missing}; {RESTORE_HINT}")
     for key, (kind, expected) in _MANIFEST_TYPES.items():
         value = manifest[key]
         if type(value) is not kind or (kind is int and value < 0):  # type(): a boolean is no integer here
-            raise GoldenError(f"{path}: golden manifest's {key!r} is {_kind(value)}, expected {expected}; {_RESTORE}")
+            raise GoldenError(f"{path}: golden manifest's {key!r} is {json_kind(value)}, expected {expected}; {RESTORE_HINT}")
     if manifest["platform_key"] != directory.name:
         raise GoldenError(
             f"{path}: manifest is for platform {manifest['platform_key']!r} but lies in directory "
@@ -295,7 +275,7 @@ def _read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
-def _manifest_bytes(manifest: dict) -> bytes:
+def manifest_bytes(manifest: dict) -> bytes:
     """Valid JSON with one line per case (and per top-level key), so that a regeneration's git
     diff names exactly the cases it changed."""
     cases = ",\n".join(

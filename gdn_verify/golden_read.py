@@ -14,28 +14,28 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from gdn_verify.golden_diff import (
-    _SUMMARY_COUNTS,
-    _SUMMARY_VALUES,
+    SUMMARY_COUNTS,
+    SUMMARY_VALUES,
     GoldenComparison,
-    _all_equal,
+    all_tensors_equal,
     diff_tensors,
 )
 from gdn_verify.golden_files import (
-    _RESTORE,
-    _ENTRY_KEYS,
-    _TENSOR_KEYS,
+    RESTORE_HINT,
+    ENTRY_KEYS,
+    TENSOR_KEYS,
     LOCK_FILE,
     MANIFEST,
     STORED_DIGEST,
     STORED_FILE,
     GoldenError,
-    _dtype_name,
-    _file_name_problem,
-    _kind,
-    _read_manifest,
-    _read_problem,
-    _read_regular_file,
-    _writer_holds_lock,
+    tensor_dtype_name,
+    file_name_problem,
+    json_kind,
+    read_manifest,
+    read_problem,
+    read_regular_file,
+    writer_holds_lock,
     tensor_sha256,
 )
 from gdn_verify.identity import describe_key, legacy_identity
@@ -43,52 +43,52 @@ from gdn_verify.identity import key as identity_key
 from gdn_verify.platform import describe, platform_key
 
 
-def _present(tensors: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+def present_tensors(tensors: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
     return {name: t for name, t in tensors.items() if t is not None}
 
 
-def _entry_problem(entry) -> str | None:
+def entry_problem(entry) -> str | None:
     """What is wrong with the structure of a manifest entry (its tensors' metadata aside), as
     the end of a sentence; None when nothing is."""
     if not isinstance(entry, dict):
-        return f"is {_kind(entry)}, expected an object"
-    missing = [k for k in _ENTRY_KEYS if k not in entry]
+        return f"is {json_kind(entry)}, expected an object"
+    missing = [k for k in ENTRY_KEYS if k not in entry]
     if missing:
         return f"lacks {missing}"
     for key, kind, expected in (("case", dict, "an object"), ("inputs_digest", str, "a string"),
                                 ("tensors", dict, "an object {name: metadata}")):
         if not isinstance(entry[key], kind):
-            return f"has {key!r} {_kind(entry[key])}, expected {expected}"
+            return f"has {key!r} {json_kind(entry[key])}, expected {expected}"
     if entry["file"] is not None:
-        problem = _file_name_problem(entry["file"])
+        problem = file_name_problem(entry["file"])
         if problem is not None:
             return f"has 'file' {entry['file']!r}, which {problem}"
     sha = entry["file_sha256"]
     if (entry["file"] is None) != (sha is None) or not isinstance(sha, (str, type(None))):
-        return f"has 'file' {entry['file']!r} with 'file_sha256' {_kind(entry['file_sha256'])}"
+        return f"has 'file' {entry['file']!r} with 'file_sha256' {json_kind(entry['file_sha256'])}"
     return None
 
 
-def _tensor_meta_problem(meta: dict) -> str | None:
+def tensor_meta_problem(meta: dict) -> str | None:
     """What is wrong with the types of a tensor's metadata (its keys present), or None."""
     for key in ("sha256", "dtype"):
         if not isinstance(meta[key], str):
-            return f"{key} is {_kind(meta[key])}, expected a string"
+            return f"{key} is {json_kind(meta[key])}, expected a string"
     shape = meta["shape"]
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        return f"shape is {_kind(shape)}, expected a list of integers >= 0"
+        return f"shape is {json_kind(shape)}, expected a list of integers >= 0"
     if meta["stored"] == STORED_DIGEST:
         summary = meta["summary"]
         if not isinstance(summary, dict):
-            return f"summary is {_kind(summary)}, expected an object"
-        bad = [k for k in _SUMMARY_COUNTS if type(summary.get(k)) is not int]
-        bad += [k for k in _SUMMARY_VALUES if type(summary.get(k)) not in (int, float)]
+            return f"summary is {json_kind(summary)}, expected an object"
+        bad = [k for k in SUMMARY_COUNTS if type(summary.get(k)) is not int]
+        bad += [k for k in SUMMARY_VALUES if type(summary.get(k)) not in (int, float)]
         if bad:
             return f"summary lacks numbers {bad}"
     return None
 
 
-def _stored_in_file(entry: dict) -> dict[str, dict]:
+def stored_in_file(entry: dict) -> dict[str, dict]:
     """The tensor metadata of an entry's tensors that its file holds (the others are digest only)."""
     return {name: meta for name, meta in entry["tensors"].items() if meta["stored"] == STORED_FILE}
 
@@ -146,26 +146,26 @@ class PlatformGoldens:
             entry = self.manifest["cases"][case_id]
         except KeyError:
             raise GoldenError(f"{manifest_path}: no golden for case {case_id!r}") from None
-        problem = _entry_problem(entry)
+        problem = entry_problem(entry)
         if problem is not None:
-            raise GoldenError(f"{manifest_path}: entry of case {case_id!r} {problem}; {_RESTORE}")
+            raise GoldenError(f"{manifest_path}: entry of case {case_id!r} {problem}; {RESTORE_HINT}")
         for name, meta in entry["tensors"].items():
             where = f"{manifest_path}: tensor {name!r} of case {case_id!r}"
             if not isinstance(meta, dict):
-                raise GoldenError(f"{where} is {_kind(meta)}, expected an object; {_RESTORE}")
-            if meta.get("stored") not in _TENSOR_KEYS:
-                raise GoldenError(f"{where} has stored={meta.get('stored')!r}, expected one of {sorted(_TENSOR_KEYS)}")
-            lacks = [k for k in _TENSOR_KEYS[meta["stored"]] if k not in meta]
+                raise GoldenError(f"{where} is {json_kind(meta)}, expected an object; {RESTORE_HINT}")
+            if meta.get("stored") not in TENSOR_KEYS:
+                raise GoldenError(f"{where} has stored={meta.get('stored')!r}, expected one of {sorted(TENSOR_KEYS)}")
+            lacks = [k for k in TENSOR_KEYS[meta["stored"]] if k not in meta]
             if lacks:
-                raise GoldenError(f"{where} lacks {lacks}; {_RESTORE}")
-            problem = _tensor_meta_problem(meta)
+                raise GoldenError(f"{where} lacks {lacks}; {RESTORE_HINT}")
+            problem = tensor_meta_problem(meta)
             if problem is not None:
-                raise GoldenError(f"{where}: {problem}; {_RESTORE}")
-        in_file = _stored_in_file(entry)
+                raise GoldenError(f"{where}: {problem}; {RESTORE_HINT}")
+        in_file = stored_in_file(entry)
         if bool(in_file) != (entry["file"] is not None):
             raise GoldenError(
                 f"{manifest_path}: entry of case {case_id!r} names file {entry['file']!r} but stores "
-                f"{sorted(in_file) or 'no tensor'} in a file; {_RESTORE}"
+                f"{sorted(in_file) or 'no tensor'} in a file; {RESTORE_HINT}"
             )
         return entry
 
@@ -178,27 +178,27 @@ class PlatformGoldens:
             return entry, {}
         path = self.directory / entry["file"]  # one path component: checked by entry()
         try:
-            data = _read_regular_file(path)
+            data = read_regular_file(path)
         except FileNotFoundError:
             raise self._missing_file(path, case_id) from None
         except OSError as err:
-            raise GoldenError(f"{path}: golden file of case {case_id!r} {_read_problem(err)}") from err
+            raise GoldenError(f"{path}: golden file of case {case_id!r} {read_problem(err)}") from err
         if hashlib.sha256(data).hexdigest() != entry["file_sha256"]:
             raise GoldenError(f"{path}: golden file of case {case_id!r} is corrupt (file sha256 differs from the manifest)")
         try:
             tensors = load_safetensors(data)
         except Exception as err:  # safetensors raises its own error types for bad headers
             raise GoldenError(f"{path}: golden file of case {case_id!r} does not parse as safetensors: {err}") from err
-        expected = _stored_in_file(entry)
+        expected = stored_in_file(entry)
         if set(tensors) != set(expected):
             raise GoldenError(
                 f"{path}: golden file of case {case_id!r} holds tensors {sorted(tensors)}, manifest lists {sorted(expected)}"
             )
         for name, meta in expected.items():
             t = tensors[name]
-            if _dtype_name(t) != meta["dtype"] or list(t.shape) != list(meta["shape"]):
+            if tensor_dtype_name(t) != meta["dtype"] or list(t.shape) != list(meta["shape"]):
                 raise GoldenError(
-                    f"{path}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, manifest says {meta['dtype']}{meta['shape']}"
+                    f"{path}: tensor {name!r} is {tensor_dtype_name(t)}{list(t.shape)}, manifest says {meta['dtype']}{meta['shape']}"
                 )
             if tensor_sha256(t) != meta["sha256"]:
                 raise GoldenError(f"{path}: tensor {name!r} of case {case_id!r} is corrupt (sha256 differs from the manifest)")
@@ -209,7 +209,7 @@ class PlatformGoldens:
         are immutable and removed only after a writer replaced the manifest, so a changed
         manifest on disk means a concurrent writer, not damage."""
         try:
-            now = _read_manifest(self.directory)
+            now = read_manifest(self.directory)
         except GoldenError:
             now = None
         if now != self.manifest:
@@ -218,7 +218,7 @@ class PlatformGoldens:
                 f"(a concurrent writer such as `gdn-verify golden regen` replaced {self.directory / MANIFEST} "
                 "and removed the file); rerun to compare with the store as it is now"
             )
-        if _writer_holds_lock(self.directory):
+        if writer_holds_lock(self.directory):
             return GoldenError(
                 f"{path}: golden file of case {case_id!r} is missing while a writer holds the store lock "
                 f"{self.directory / LOCK_FILE} (a concurrent `gdn-verify golden regen`); rerun once it is done"
@@ -232,8 +232,8 @@ class PlatformGoldens:
         entry, stored = self.load(case_id)
         if entry["inputs_digest"] != inputs_digest:
             return GoldenComparison(case_id, "inputs-changed", stored_inputs_digest=entry["inputs_digest"])
-        diffs = diff_tensors(_present(tensors), entry["tensors"], stored)
-        return GoldenComparison(case_id, "equal" if _all_equal(diffs) else "different", diffs, entry["inputs_digest"])
+        diffs = diff_tensors(present_tensors(tensors), entry["tensors"], stored)
+        return GoldenComparison(case_id, "equal" if all_tensors_equal(diffs) else "different", diffs, entry["inputs_digest"])
 
 
 class GoldenStore:
@@ -248,7 +248,7 @@ class GoldenStore:
             return []
         found = []
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            manifest = _read_manifest(directory)
+            manifest = read_manifest(directory)
             if manifest is not None:
                 found.append((manifest["platform_key"], manifest["fingerprint"]))
         return found
@@ -256,7 +256,7 @@ class GoldenStore:
     def for_platform(self, fp: dict) -> PlatformGoldens | None:
         """The store whose bits are comparable with a run of fingerprint fp; None if there is none."""
         directory = self.root / platform_key(fp)
-        manifest = _read_manifest(directory)
+        manifest = read_manifest(directory)
         return None if manifest is None else PlatformGoldens(directory, manifest)
 
     def not_comparable_message(self, fp: dict) -> str:

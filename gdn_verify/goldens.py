@@ -76,25 +76,26 @@ from safetensors.torch import load as load_safetensors  # noqa: F401 - re-export
 from safetensors.torch import save as save_safetensors
 
 from gdn_verify.bitwise import BitDiff  # noqa: F401 - re-exported
+from gdn_verify.files import fsync_dir
 from gdn_verify.golden_diff import (  # noqa: F401 - re-exported: callers import these from here
-    _SUMMARY_COUNTS,
-    _SUMMARY_VALUES,
+    SUMMARY_COUNTS,
+    SUMMARY_VALUES,
     DIGEST_ONLY_HINT,
     CaseChange,
     DigestDiff,
     GoldenComparison,
     RegenReport,
     TensorDiff,
-    _all_equal,
-    _digest_only_differs,
+    all_tensors_equal,
+    digest_only_differs,
     diff_tensors,
     digest_diff,
 )
 from gdn_verify.golden_files import (  # noqa: F401 - re-exported: callers import these from here
-    _ENTRY_KEYS,
-    _RESTORE,
-    _TENSOR_KEYS,
-    _TMP_PREFIX,
+    ENTRY_KEYS,
+    RESTORE_HINT,
+    TENSOR_KEYS,
+    TMP_PREFIX,
     DEFAULT_MAX_TENSOR_BYTES,
     FORMAT,
     GOLDEN_SUFFIX,
@@ -104,18 +105,17 @@ from gdn_verify.golden_files import (  # noqa: F401 - re-exported: callers impor
     STORED_DIGEST,
     STORED_FILE,
     GoldenError,
-    _atomic_write,
-    _delete_own,
-    _dtype_name,
-    _file_name_problem,
-    _fsync_dir,
-    _kind,
-    _manifest_bytes,
-    _now,
-    _read_manifest,
-    _read_problem,
-    _read_regular_file,
-    _writer_holds_lock,
+    write_store_file,
+    delete_own,
+    tensor_dtype_name,
+    file_name_problem,
+    json_kind,
+    manifest_bytes,
+    utc_now,
+    read_manifest,
+    read_problem,
+    read_regular_file,
+    writer_holds_lock,
     byte_size,
     default_max_tensor_bytes,
     store_lock,
@@ -125,10 +125,10 @@ from gdn_verify.golden_files import (  # noqa: F401 - re-exported: callers impor
 from gdn_verify.golden_read import (  # noqa: F401 - re-exported: callers import these from here
     GoldenStore,
     PlatformGoldens,
-    _entry_problem,
-    _present,
-    _stored_in_file,
-    _tensor_meta_problem,
+    entry_problem,
+    present_tensors,
+    stored_in_file,
+    tensor_meta_problem,
     implementation_mismatch,
     store_identity,
 )
@@ -139,7 +139,7 @@ from gdn_verify.platform import platform_key
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """safetensors bytes of tensors with their metadata in sorted key order, whatever order the
     dict or the safetensors library keeps: a file's name carries its content digest, so the
     same tensors and metadata must always give the same bytes. The header is written back in
@@ -155,9 +155,9 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
-def _case_file_bytes(case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor]) -> bytes:
+def case_file_bytes(case_id: str, inputs_digest: str, tensors: dict[str, torch.Tensor]) -> bytes:
     cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    return _safetensors_bytes(cpu, {"case_id": case_id, "inputs_digest": inputs_digest})
+    return safetensors_bytes(cpu, {"case_id": case_id, "inputs_digest": inputs_digest})
 
 
 def _storage(t: torch.Tensor, max_tensor_bytes: int) -> str:
@@ -165,7 +165,7 @@ def _storage(t: torch.Tensor, max_tensor_bytes: int) -> str:
 
 
 def _tensor_meta(t: torch.Tensor, stored: str) -> dict:
-    meta = {"sha256": tensor_sha256(t), "dtype": _dtype_name(t), "shape": list(t.shape), "stored": stored}
+    meta = {"sha256": tensor_sha256(t), "dtype": tensor_dtype_name(t), "shape": list(t.shape), "stored": stored}
     if stored == STORED_DIGEST:
         meta["summary"] = tensor_summary(t)
     return meta
@@ -176,7 +176,7 @@ def _new_entry(case, inputs_digest: str, tensors: dict[str, torch.Tensor], max_t
     """(manifest entry, file content or None when every tensor is over the cap)."""
     storage = {name: _storage(t, max_tensor_bytes) for name, t in tensors.items()}
     in_file = {name: t for name, t in tensors.items() if storage[name] == STORED_FILE}
-    data = _case_file_bytes(case.id, inputs_digest, in_file) if in_file else None
+    data = case_file_bytes(case.id, inputs_digest, in_file) if in_file else None
     file_sha = None if data is None else hashlib.sha256(data).hexdigest()
     entry = {
         "case": case.to_dict(),
@@ -199,24 +199,24 @@ def _manifest_files(manifest: dict | None) -> set[str]:
     if manifest is None:
         return set()
     return {entry["file"] for entry in manifest["cases"].values()
-            if isinstance(entry, dict) and _file_name_problem(entry.get("file")) is None}
+            if isinstance(entry, dict) and file_name_problem(entry.get("file")) is None}
 
 
 def _read_pending(directory: Path) -> list[str]:
     """The file names an interrupted writer recorded in .pending ([] when there is none)."""
     path = directory / PENDING_FILE
     try:
-        data = _read_regular_file(path)
+        data = read_regular_file(path)
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise GoldenError(f"{path}: the store's record of a write under way {_read_problem(err)}; "
+        raise GoldenError(f"{path}: the store's record of a write under way {read_problem(err)}; "
                           "remove it if no writer runs") from err
     try:
         names = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         names = None
-    if not isinstance(names, list) or any(_file_name_problem(name) is not None for name in names):
+    if not isinstance(names, list) or any(file_name_problem(name) is not None for name in names):
         raise GoldenError(f"{path}: the store's record of a write under way is not a list of golden file "
                           "names; remove it if no writer runs")
     return names
@@ -230,10 +230,10 @@ def _clean_interrupted_write(directory: Path, manifest: dict | None, deleted: li
     named = _manifest_files(manifest)
     for name in pending:
         if name not in named:
-            _delete_own(directory / name, deleted)
+            delete_own(directory / name, deleted)
     for name in [*pending, MANIFEST, PENDING_FILE]:
-        _delete_own(directory / (_TMP_PREFIX + name), deleted)
-    _delete_own(directory / PENDING_FILE, None)
+        delete_own(directory / (TMP_PREFIX + name), deleted)
+    delete_own(directory / PENDING_FILE, None)
 
 
 def _prune_refusal(whole_suite: bool, not_written: list[tuple[str, str]], n_passed: int) -> str | None:
@@ -304,7 +304,7 @@ def regenerate(
     key = platform_key(fp)
     directory = Path(root) / key
     with store_lock(directory, lock_timeout_s):
-        old = _read_manifest(directory)
+        old = read_manifest(directory)
         if identity is not None and old is not None and not other_implementation:
             problem = implementation_mismatch(store_identity(old), identity, directory)
             if problem is not None:
@@ -316,7 +316,7 @@ def regenerate(
         _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
-        now = _now()
+        now = utc_now()
         provenance = {"written": now, "gdn_verify": fp.get("gdn_verify"), "git_commit": fp.get("git_commit")}
         if identity is not None:
             provenance["implementation"] = revision(identity)
@@ -337,7 +337,7 @@ def regenerate(
             if case_id in seen:
                 raise ValueError(f"results: case id {case_id!r} appears twice in one regeneration")
             seen.add(case_id)
-            tensors = _present(raw_tensors)
+            tensors = present_tensors(raw_tensors)
             if case_id not in cases:
                 write(case, inputs_digest, tensors)
                 report.added.append(case_id)
@@ -357,12 +357,12 @@ def regenerate(
                     write(case, inputs_digest, tensors)
                 continue
             diffs = diff_tensors(tensors, entry["tensors"], stored)
-            if force and not _all_equal(diffs):
+            if force and not all_tensors_equal(diffs):
                 write(case, inputs_digest, tensors)
                 report.replaced.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest, rewritten=True))
                 continue
             report.kept.append(CaseChange(case_id, diffs, inputs_digest, inputs_digest))
-            if _all_equal(diffs) and not _follows_cap(entry, tensors, max_tensor_bytes):
+            if all_tensors_equal(diffs) and not _follows_cap(entry, tensors, max_tensor_bytes):
                 write(case, inputs_digest, tensors)
                 report.restored.append(case_id)
 
@@ -385,12 +385,12 @@ def regenerate(
         if pending:
             # Recorded before the files exist, so that the next writer can remove them if this
             # one stops before its manifest names them.
-            _atomic_write(directory / PENDING_FILE, json.dumps(sorted(p.name for p, _ in pending)).encode())
-            _fsync_dir(directory)
+            write_store_file(directory / PENDING_FILE, json.dumps(sorted(p.name for p, _ in pending)).encode())
+            fsync_dir(directory)
         for path, data in pending:
-            _atomic_write(path, data)
+            write_store_file(path, data)
             report.bytes_written += len(data)
-        _fsync_dir(directory)  # the new files' names are durable before a manifest names them
+        fsync_dir(directory)  # the new files' names are durable before a manifest names them
         manifest = {
             "format": FORMAT,
             "platform_key": key,
@@ -403,10 +403,10 @@ def regenerate(
             "cases": cases,
         }
         # Last: until this replace, the old manifest and every file it names are untouched.
-        _atomic_write(directory / MANIFEST, _manifest_bytes(manifest))
-        _fsync_dir(directory)
+        write_store_file(directory / MANIFEST, manifest_bytes(manifest))
+        fsync_dir(directory)
         named = _manifest_files(manifest)
         for name in sorted(_manifest_files(old) - named):
-            _delete_own(directory / name, report.deleted)
-        _delete_own(directory / PENDING_FILE, None)
+            delete_own(directory / name, report.deleted)
+        delete_own(directory / PENDING_FILE, None)
     return report

@@ -30,29 +30,22 @@ import inspect
 import sys
 from pathlib import Path
 
-from gdn_verify.platform import _git
+from gdn_verify.conventions import CALL_DEFAULTS, canonical_conventions
+from gdn_verify.platform import run_git
 
 LEGACY_SPEC = "gdn"
 OUR_PACKAGE, OUR_KERNELS = "gdn_verify", "gdn_verify.kernels"
-# The adapter fields that change what the function is called with (hence its bits).
-CALL_FIELDS = ("layout", "state_layout", "gate_space", "head_map", "l2norm", "l2norm_arg", "lacks",
-               "keyword_tensors", "cu_seqlens_dtype")
 REVISION_FIELDS = ("distribution", "version", "git_commit", "git_dirty", "source_digest")
 
 
 def _call_conventions(impl) -> dict:
-    """The adapter's call conventions that differ from an Adapter's defaults."""
-    import dataclasses
-
-    from gdn_verify.adapters import Adapter
-
-    defaults = {f.name: f.default for f in dataclasses.fields(Adapter)}
+    """The adapter's call conventions that differ from the common signature's (CALL_DEFAULTS)."""
     out = {}
-    for name in CALL_FIELDS:
-        if name not in defaults or not hasattr(impl, name):
+    for name, default in CALL_DEFAULTS.items():
+        if not hasattr(impl, name):
             continue
         value = getattr(impl, name)
-        if value != defaults[name]:
+        if value != default:
             out[name] = sorted(value) if isinstance(value, (set, frozenset)) else value
     return out
 
@@ -116,10 +109,10 @@ def _distribution(top: str) -> tuple[str | None, str | None]:
 def _git_revision(path: Path) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git checkout that holds path, or (None, None)."""
     where = path if path.is_dir() else path.parent
-    commit = _git(["rev-parse", "HEAD"], where)
+    commit = run_git(["rev-parse", "HEAD"], where)
     if commit is None:
         return None, None
-    status = _git(["status", "--porcelain", "--untracked-files=no", "--", "."], where)
+    status = run_git(["status", "--porcelain", "--untracked-files=no", "--", "."], where)
     return commit, None if status is None else bool(status)
 
 
@@ -151,7 +144,8 @@ def legacy_identity(manifest: dict) -> dict:
 
 def key(identity: dict) -> tuple[str, tuple]:
     """What an implementation is, as opposed to which revision of it."""
-    return identity.get("spec"), tuple(sorted((k, repr(v)) for k, v in (identity.get("conventions") or {}).items()))
+    conventions = canonical_conventions(identity.get("conventions") or {})
+    return identity.get("spec"), tuple(sorted((k, repr(v)) for k, v in conventions.items()))
 
 
 def describe_key(identity: dict) -> str:

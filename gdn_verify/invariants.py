@@ -28,7 +28,8 @@ import torch
 from gdn_verify.bitwise import bit_diff
 from gdn_verify.cases import Case
 from gdn_verify.compare import TENSORS, compare_tensor, design_to_judge, emulate, rms_ratio, tolerance
-from gdn_verify.impls import Impl, gdn_args, gdn_kwargs
+from gdn_verify.conventions import gdn_args, gdn_kwargs
+from gdn_verify.adapters import Adapter
 from gdn_verify.inputs import make_inputs
 
 INVARIANTS = ("determinism", "batch-invariance", "split-equivalence", "causality", "fused-qkv-views")
@@ -115,7 +116,7 @@ def subject_index(case: Case) -> int:
     return max(range(case.N), key=lambda n: (case.seq_lens[n], -n))
 
 
-def _run(impl: Impl, case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _run(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     o, final_state = impl(case, inputs)
     return {"o": o, "final_state": final_state}
 
@@ -131,7 +132,7 @@ def _bitwise(name: str, got: dict[str, torch.Tensor], expected: dict[str, torch.
 # The invariants
 # ----------------------------------------------------------------------------------------
 
-def determinism(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def determinism(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
                 outputs: dict[str, torch.Tensor]) -> InvariantResult:
     return _bitwise("determinism", _run(impl, case, inputs), outputs, "second run")
 
@@ -143,7 +144,7 @@ def _fillers(case: Case, device) -> list[SequenceInputs]:
     return [sequence(other, inputs, n) for n in range(other.N)]
 
 
-def batch_invariance(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def batch_invariance(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
                      outputs: dict[str, torch.Tensor]) -> InvariantResult:
     n = subject_index(case)
     subject = sequence(case, inputs, n)
@@ -166,7 +167,7 @@ def split_point(length: int) -> int:
     return (length + 1) // 2
 
 
-def split_equivalence(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def split_equivalence(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
                       reference: dict[str, torch.Tensor], backend: str) -> InvariantResult:
     n = subject_index(case)
     subject = sequence(case, inputs, n)
@@ -198,7 +199,7 @@ def split_equivalence(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
                            {t: c.to_json() for t, c in checks.items()})
 
 
-def causality(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def causality(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
               outputs: dict[str, torch.Tensor]) -> InvariantResult:
     n = subject_index(case)
     b, s, e = token_range(case, n)
@@ -242,13 +243,13 @@ def fused_qkv(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "v": v_view.unflatten(-1, (HV, V))}
 
 
-def fused_qkv_views(impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def fused_qkv_views(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
                     outputs: dict[str, torch.Tensor]) -> InvariantResult:
     return _bitwise("fused-qkv-views", _run(impl, case, fused_qkv(inputs)), outputs,
                     "q, k, v as views of one fused qkv tensor vs contiguous")
 
 
-def check_invariants(names, impl: Impl, case: Case, inputs: dict[str, torch.Tensor],
+def check_invariants(names, impl: Adapter, case: Case, inputs: dict[str, torch.Tensor],
                      outputs: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None,
                      backend: str) -> list[InvariantResult]:
     results = []
@@ -276,7 +277,7 @@ def _stage(intermediates, name: str):
     return getattr(intermediates, name, None)
 
 
-def diagnose_stages(impl: Impl, case: Case, inputs: dict[str, torch.Tensor], backend: str) -> dict | None:
+def diagnose_stages(impl: Adapter, case: Case, inputs: dict[str, torch.Tensor], backend: str) -> dict | None:
     """Stage-by-stage RMS ratios of the kernel's intermediates against the chunked reference's.
 
     Returns {"stages": {name: ratio}, "first_divergent": name or None, "threshold": ...},
@@ -287,7 +288,7 @@ def diagnose_stages(impl: Impl, case: Case, inputs: dict[str, torch.Tensor], bac
     from gdn_verify.reference import chunked_gated_delta_rule
 
     ours = impl.intermediates(*gdn_args(inputs), **gdn_kwargs(case, inputs), use_qk_l2norm_in_kernel=case.l2norm)
-    ref = chunked_gated_delta_rule(*gdn_args(inputs), **gdn_kwargs(case, inputs), use_qk_l2norm=case.l2norm)
+    ref = chunked_gated_delta_rule(*gdn_args(inputs), **gdn_kwargs(case, inputs), l2norm=case.l2norm)
     ref = ref[-1] if isinstance(ref, tuple) else ref
     # An intermediate is float32 even for half inputs, so anything past the output's own
     # tolerance is a stage gone wrong, not rounding.

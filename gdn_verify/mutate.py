@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gdn_verify.cases import Case
+from gdn_verify.cases import Case, case_cost  # noqa: F401 - case_cost: also imported from here
+from gdn_verify.text import shorten
 from gdn_verify.mutants import (  # noqa: F401 - re-exported: the mutants' names are imported from here
     AUDIT,
     MUTANTS,
@@ -206,6 +207,10 @@ class MutantResult:
     def verdict(self) -> str:
         return CAUGHT if self.run.failed else SURVIVED
 
+    @property
+    def caught(self) -> bool:
+        return self.verdict == CAUGHT
+
     def progress_line(self) -> str:
         where = f"at {self.run.case} ({self.run.check})" if self.run.failed else f"{self.run.cases_run} cases passed"
         return f"{self.verdict:8} {self.mutant.name}: {where}, {self.run.wall_s:.1f} s"
@@ -248,7 +253,7 @@ class MutationReport:
 
 # The worker's exit status for "no verdict possible" (isolation, unreadable goldens); a
 # crashing mutant exits otherwise, without a result file.
-_EXIT_SETUP = 3
+WORKER_EXIT_SETUP = 3
 _WORKER_CODE = "import sys; from gdn_verify.mutate_worker import worker_main; sys.exit(worker_main(sys.argv[1]))"
 
 
@@ -262,14 +267,6 @@ class _Pass:
     invariants: bool = True
     goldens: str | None = None  # store to compare with
     write_goldens: str | None = None  # store to write the passing cases' outputs to
-
-
-def case_cost(case: Case) -> int:
-    """Relative interpreter cost of a case: one program per (chunk or sequence, value head).
-
-    Fitted on a cpu-suite run: time ~ 0.5 s + 0.06 s x cost, correlation 0.85.
-    """
-    return (case.N + sum(-(-n // 64) for n in case.seq_lens)) * case.HV
 
 
 def _run_copy(root: Path, name: str, job: _Pass, timeout_s: float, target: Target = OURS) -> CopyRun:
@@ -294,7 +291,7 @@ def _run_copy(root: Path, name: str, job: _Pass, timeout_s: float, target: Targe
                        wall_s=time.perf_counter() - start)
     wall = time.perf_counter() - start
     out = root / "result.json"
-    if done.returncode == _EXIT_SETUP:
+    if done.returncode == WORKER_EXIT_SETUP:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "setup error"
         raise MutationSetupError(f"{name}: {last}")
     if not out.is_file():
@@ -307,7 +304,7 @@ def _run_copy(root: Path, name: str, job: _Pass, timeout_s: float, target: Targe
 
 
 def _failure_list(run: CopyRun) -> str:
-    return "; ".join(f"{f['case']}: {f['check']}: {_short(f['detail'], 200)}" for f in run.failures[:5])
+    return "; ".join(f"{f['case']}: {f['check']}: {shorten(f['detail'], 200)}" for f in run.failures[:5])
 
 
 def run_mutants(mutants: Sequence[Mutant], cases: Sequence[Case], goldens: str | None = None,
@@ -407,7 +404,7 @@ def run_mutants(mutants: Sequence[Mutant], cases: Sequence[Case], goldens: str |
 # The subprocess
 # ----------------------------------------------------------------------------------------
 
-def _assert_isolated(root: Path, names: Sequence[str] = PACKAGES) -> None:
+def assert_isolated(root: Path, names: Sequence[str] = PACKAGES) -> None:
     """Every copied package this process runs (or will import) must come from the copy under
     root: the loaded module's file where it is loaded, else where it would load from."""
     for name in names:
@@ -416,47 +413,3 @@ def _assert_isolated(root: Path, names: Sequence[str] = PACKAGES) -> None:
         where = Path(origin).resolve()
         if not where.is_relative_to(root):
             raise MutationSetupError(f"{name} imported from {where}, not from the copy under {root}")
-
-
-# ----------------------------------------------------------------------------------------
-# Table
-# ----------------------------------------------------------------------------------------
-
-def _short(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def write_report(report: MutationReport, console, json_path: str | None) -> None:
-    """The table on the console, and the JSON report when asked."""
-    from gdn_verify.report import write_atomic
-
-    console.print(rich_table(report))
-    lines = []
-    if report.golden_pass is not None:
-        lines.append(f"unmutated kernels: goldens of {report.golden_pass.cases_run} cases written in "
-                     f"{report.golden_pass.wall_s:.1f} s")
-    confirm = report.confirm_pass
-    checked = [f"{confirm.cases_run} case{'' if confirm.cases_run == 1 else 's'}"] * bool(confirm.cases_run)
-    checked += ["the variant audit"] * confirm.audited
-    if checked:
-        lines.append(f"unmutated kernels pass what caught the mutants: {' and '.join(checked)} "
-                     f"({confirm.wall_s:.1f} s)")
-    lines.append(f"mutation run: {report.wall_s:.1f} s")
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
-    if json_path:
-        write_atomic(json_path, json.dumps(report.to_json(), indent=1) + "\n")
-
-
-def rich_table(report: MutationReport):
-    from rich.table import Table
-
-    table = Table(title=f"mutation run of {report.package} ({report.impl}): {len(report.results) - len(report.survivors)} "
-                        f"of {len(report.results)} mutants caught over {report.cases} cases (goldens: {report.goldens})")
-    for col in ("mutant", "verdict", "first failing case", "check", "detail", "time"):
-        table.add_column(col, overflow="fold")
-    for r in report.results:
-        detail = r.run.detail or f"{r.run.cases_run} cases passed; golden comparisons {r.run.golden_statuses}"
-        table.add_row(r.mutant.name, r.verdict if r.verdict == CAUGHT else f"[bold red]{r.verdict}[/]",
-                      r.run.case or "-", r.run.check or "-", _short(detail), f"{r.run.wall_s:.1f} s")
-    return table

@@ -1,6 +1,6 @@
 """The subprocess of a mutation run (gdn_verify/mutate.py): runs one copy of the sources on
 its cases, in a process whose PYTHONPATH starts with that copy, and writes what it found
-(a mutate.CopyRun) as JSON. Exit 0 with a result file; mutate._EXIT_SETUP when no verdict is
+(a mutate.CopyRun) as JSON. Exit 0 with a result file; mutate.WORKER_EXIT_SETUP when no verdict is
 possible (the copy is not what gets imported, unreadable goldens)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from gdn_verify.cases import Case
-from gdn_verify.mutate import _EXIT_SETUP, AUDIT, PACKAGES, CopyRun, MutationSetupError, _assert_isolated
+from gdn_verify.mutate import WORKER_EXIT_SETUP, AUDIT, PACKAGES, CopyRun, MutationSetupError, assert_isolated
 
 
 def first_failure(result) -> tuple[str, str]:
@@ -30,22 +30,29 @@ def first_failure(result) -> tuple[str, str]:
 
 
 def worker_main(spec_path: str) -> int:
-    """Run one copy's cases (the subprocess). Exit 0 with a result file, _EXIT_SETUP on a setup error."""
+    """Run one copy's cases (the subprocess). Exit 0 with a result file, WORKER_EXIT_SETUP on a setup error."""
     spec = json.loads(Path(spec_path).read_text())
     root = Path(spec["root"]).resolve()
     isolated = spec.get("isolated", PACKAGES)
     try:
-        _assert_isolated(root, isolated)
+        assert_isolated(root, isolated)
     except MutationSetupError as exc:
         print(f"import isolation failed: {exc}", file=sys.stderr)
-        return _EXIT_SETUP
+        return WORKER_EXIT_SETUP
     from gdn_verify.impls import resolve_impl
-    from gdn_verify.platform import fingerprint, pin_interpreter_threads
-    from gdn_verify.runner import STATUS_PASS, RunOptions, SetupError, _Goldens, run_case, variant_audit
+    from gdn_verify.platform import fingerprint
+    from gdn_verify.audit import variant_audit
+    from gdn_verify.results import RunOptions, SetupError, STATUS_PASS
+    from gdn_verify.run_goldens import RunGoldens
+    from gdn_verify.runner import run_case
 
     device = spec.get("device", "cpu")
     if device == "cpu":
-        pin_interpreter_threads()
+        # Speed only (no bits depend on it): the workers run side by side, one torch thread each
+        # keeps them from oversubscribing the cores with the float64 reference's parallel ops.
+        import torch
+
+        torch.set_num_threads(1)
     cases = [Case.from_dict(d) for d in spec["cases"]]
     run = CopyRun(spec["name"], False)
     start = time.perf_counter()
@@ -56,10 +63,10 @@ def worker_main(spec_path: str) -> int:
         Path(spec["out"]).write_text(json.dumps(run.to_json()))
         return 0
     try:
-        _assert_isolated(root, isolated)  # again, now that the kernels are loaded
+        assert_isolated(root, isolated)  # again, now that the kernels are loaded
     except MutationSetupError as exc:
         print(f"import isolation failed: {exc}", file=sys.stderr)
-        return _EXIT_SETUP
+        return WORKER_EXIT_SETUP
 
     def fail(case_id: str, check: str, detail: str) -> bool:
         """Record a failure; True when the run should stop here."""
@@ -69,10 +76,10 @@ def worker_main(spec_path: str) -> int:
         return spec["fail_fast"]
 
     try:
-        goldens = _Goldens(spec["goldens"], fingerprint(device))
+        goldens = RunGoldens(spec["goldens"], fingerprint(device))
     except SetupError as exc:
         print(f"goldens: {exc}", file=sys.stderr)
-        return _EXIT_SETUP
+        return WORKER_EXIT_SETUP
     stop = False
     if spec["audit"]:
         run.audited = True
@@ -90,7 +97,7 @@ def worker_main(spec_path: str) -> int:
             result, outputs = run_case(case, impl, device, options, goldens)
         except SetupError as exc:
             print(f"goldens: {exc}", file=sys.stderr)
-            return _EXIT_SETUP
+            return WORKER_EXIT_SETUP
         run.cases_run += 1
         run.golden_statuses[result.golden.status] = run.golden_statuses.get(result.golden.status, 0) + 1
         if result.status != STATUS_PASS:

@@ -51,7 +51,7 @@ CPU_DISPATCH_ENV = {
 }
 
 
-# --- OpenBLAS (NumPy's BLAS) thread control -------------------------------------------------
+# --- OpenBLAS (NumPy's BLAS): what the fingerprint records ----------------------------------
 # NumPy's wheels bundle OpenBLAS with prefixed symbols (scipy_openblas..., 64-bit-int builds
 # with a "64_" suffix); the same calls threadpoolctl makes, without depending on it.
 _OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
@@ -98,39 +98,6 @@ def _openblas_info() -> dict:
             core = get_core().decode()
         return {"threads": int(get_threads()), "core": core}
     return {"threads": None, "core": None}
-
-
-def _set_openblas_threads(n: int) -> bool:
-    import numpy  # noqa: F401
-
-    done = False
-    for lib in _loaded_openblas():
-        set_threads = _openblas_function(lib, "set_num_threads")
-        if set_threads is not None:
-            set_threads(ctypes.c_int(n))
-            done = True
-    return done
-
-
-def pin_interpreter_threads(n: int = 1) -> None:
-    """Fix torch's and NumPy's OpenBLAS thread counts (timing and provenance: since the
-    interpreter's dots bypass BLAS, thread counts no longer reach its bits; see the module notes).
-
-    Sets torch's intra-op threads and NumPy's OpenBLAS threads (through OpenBLAS's own API
-    when its library can be found, which works after NumPy is loaded), and sets
-    OMP/OPENBLAS/MKL_NUM_THREADS in the environment. The environment variables alone only act
-    on a BLAS library loaded after they are set (in practice: before NumPy is imported), so
-    the CLI and nox also set them in the process environment. `fingerprint` records what is
-    actually in effect; compare it before trusting a pin.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int thread count, got {n!r}")
-    for var in BLAS_THREAD_ENV_VARS:
-        os.environ[var] = str(n)
-    import torch
-
-    torch.set_num_threads(n)
-    _set_openblas_threads(n)
 
 
 def pin_cpu_dispatch(reexec: list[str] | None = None) -> bool:
@@ -201,7 +168,7 @@ def _cpu_model() -> str | None:
     return stdlib_platform.processor() or None
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
+def run_git(args: list[str], cwd: Path) -> str | None:
     try:
         done = subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
@@ -218,13 +185,13 @@ def git_commit() -> dict:
     wheel), or git is missing; never raises.
     """
     package_root = Path(__file__).resolve().parent.parent
-    toplevel = _git(["rev-parse", "--show-toplevel"], package_root)
+    toplevel = run_git(["rev-parse", "--show-toplevel"], package_root)
     if toplevel is None or Path(toplevel).resolve() != package_root:
         return {"commit": None, "dirty": None}
-    commit = _git(["rev-parse", "HEAD"], package_root)
+    commit = run_git(["rev-parse", "HEAD"], package_root)
     if commit is None:  # e.g. a checkout without commits
         return {"commit": None, "dirty": None}
-    status = _git(["status", "--porcelain", "--untracked-files=no"], package_root)
+    status = run_git(["status", "--porcelain", "--untracked-files=no"], package_root)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

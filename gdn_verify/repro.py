@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from gdn_verify.contract import L2NORM_EPS
+from gdn_verify.contract import CHUNK_SIZE, L2NORM_EPS
+from gdn_verify.platform import CUDA_BACKEND, INTERPRETER_BACKEND
 
 SCRIPT_NAME = "repro.py"
 INPUTS_NAME = "inputs.safetensors"
 README_NAME = "README.txt"
 
-# The script. Kept free of gdn_verify imports (tests check the generated text); CONFIG is
-# filled in per case.
+# The script. Kept free of gdn_verify imports (tests check the generated text); CONFIG and the
+# __NAME__ constants are filled in per case.
 _SCRIPT = r'''#!/usr/bin/env python3
 """Reproducer for gdn-verify case __CASE_ID__ (see README.txt). Needs torch and safetensors
 (and triton if the implementation uses it); it does not use the gdn-verify suite itself."""
@@ -52,7 +53,7 @@ CONFIG = json.loads(r"""
 __CONFIG__
 """)
 HERE = Path(__file__).resolve().parent
-CHUNK = 64
+CHUNK = __CHUNK_SIZE__
 
 
 class CannotRun(Exception):
@@ -219,7 +220,7 @@ def main(argv=None):
     failures = [f"the implementation modified its input {name}" for name in inputs
                 if not same_bits(given[name], inputs[name])]
     expected = reference(inputs, scale, CONFIG["l2norm"], CONFIG["l2norm_eps"])
-    backend = "cuda" if device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1" else "cpu-interpreter"
+    backend = "__CUDA_BACKEND__" if device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1" else "__INTERPRETER_BACKEND__"
     state_dtype = torch.float64 if inputs["v"].dtype == torch.float64 else torch.float32
     for name, actual, ref, dtype in (("o", o, expected[0], inputs["v"].dtype),
                                      ("final_state", final_state, expected[1], state_dtype)):
@@ -293,8 +294,8 @@ def _importable_spec(spec: str) -> str:
     """'module:function' for an --impl spec (our short names map to the kernels module)."""
     from gdn_verify import impls
 
-    if spec in impls._OURS:
-        return f"{impls.KERNELS_MODULE}:{impls._OURS[spec]}"
+    if spec in impls.OURS:
+        return f"{impls.KERNELS_MODULE}:{impls.OURS[spec]}"
     module_name, sep, attr = spec.partition(":")
     if not (module_name and sep and attr):
         raise ValueError(f"impl_spec: expected 'gdn', 'gdn-recurrent' or 'module:function', got {spec!r}")
@@ -324,7 +325,9 @@ def write_reproducer(case, inputs: dict[str, torch.Tensor], impl_spec: str, fail
         "tolerances": tolerances if tolerances is not None else _default_tolerances(case.dtype),
     }
     config_text = json.dumps(config, indent=1, sort_keys=True)
-    script = _SCRIPT.replace("__CASE_ID__", case.id).replace("__CONFIG__", config_text)
+    script = (_SCRIPT.replace("__CASE_ID__", case.id).replace("__CONFIG__", config_text)
+              .replace("__CHUNK_SIZE__", str(CHUNK_SIZE)).replace("__CUDA_BACKEND__", CUDA_BACKEND)
+              .replace("__INTERPRETER_BACKEND__", INTERPRETER_BACKEND))
     (directory / SCRIPT_NAME).write_text(script)
     (directory / README_NAME).write_text(
         _README.format(

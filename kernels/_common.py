@@ -34,9 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn_verify.contract import CHUNK_SIZE
+
 from ._triton_compat import INTERPRET, cast_to, dot
 
-CHUNK_SIZE = 64
 CHUNK = tl.constexpr(CHUNK_SIZE)
 
 DOT_PRECISION = {"float64": "ieee", "float32": "ieee", "float16": "bf16x3", "bfloat16": "bf16x3"}

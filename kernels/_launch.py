@@ -123,7 +123,7 @@ def compile_ahead(device: torch.device):
                 done.result()
 
 
-def _jit_cache_size(kernel) -> int | None:
+def jit_cache_size(kernel) -> int | None:
     caches = getattr(kernel, "device_caches", None)
     if caches is None:
         return None
@@ -134,7 +134,7 @@ def compiled_variants() -> dict[str, int]:
     """Kernel name -> number of compiled variants (Triton's cache on GPU, keys under the interpreter)."""
     counts = {}
     for name, kernel in _kernels.items():
-        cached = _jit_cache_size(kernel)
+        cached = jit_cache_size(kernel)
         counts[name] = cached if cached is not None else len(_seen_keys[name])
     return dict(sorted(counts.items()))
 

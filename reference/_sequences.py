@@ -10,7 +10,7 @@ import torch
 from gdn_verify.contract import L2NORM_EPS, Problem, validate
 
 
-def l2norm(x: torch.Tensor) -> torch.Tensor:
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """x / sqrt(sum(x^2) + L2NORM_EPS) over the last (head) dimension."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + L2NORM_EPS)
 
@@ -32,12 +32,12 @@ class PreparedInputs:
     state: torch.Tensor
 
 
-def prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm,
+def prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, l2norm,
             dtype: torch.dtype) -> PreparedInputs:
-    p = validate(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm)
+    p = validate(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, l2norm)
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
-    if use_qk_l2norm:
-        q, k = l2norm(q), l2norm(k)
+    if l2norm:
+        q, k = l2_normalize(q), l2_normalize(k)
     # Value head h reads key head h // group.
     q, k = (x.repeat_interleave(p.group, dim=2) for x in (q, k))
     q, k, v, g, beta = (x.reshape(p.B * p.T, *x.shape[2:]) for x in (q, k, v, g, beta))

@@ -10,16 +10,16 @@ every matrix product rounded as the design's dots do. design=None rounds nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from gdn_verify.contract import GATE_FLOOR
+from gdn_verify.contract import CHUNK_SIZE, GATE_FLOOR
 from gdn_verify.designs import EXACT, resolve_design
 
 from ._sequences import PaddedLayout, prepare
 
-CHUNK_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def chunked_gated_delta_rule(
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
-    use_qk_l2norm=False,
+    l2norm=False,
     chunk_size=CHUNK_SIZE,
     design=None,
 ):
@@ -78,7 +78,7 @@ def chunked_gated_delta_rule(
         if initial_state is not None:
             initial_state = r.store("inputs", initial_state.double()).to(initial_state.dtype)
     x = prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
-                use_qk_l2norm, torch.float64)
+                l2norm, torch.float64)
     p, C, device = x.problem, chunk_size, x.q.device
     layout = PaddedLayout.build(p, device, multiple=C)
     NC = layout.t_pad // C
@@ -96,6 +96,8 @@ def chunked_gated_delta_rule(
     q, k = r.store("qk", q), r.store("qk", k)
     # [N, NC, HV, C]; clamp: see GATE_FLOOR
     gam = r.store("g_cum", g.clamp_min(GATE_FLOOR["float64"]).cumsum(-1))
+    if r.exp2 is not None:  # gates to base 2 where the design scales them (designs.py, 'Gate base')
+        gam = r.store("g_cum", gam * r.exp2) * math.log(2.0)
     i = torch.arange(C, device=device)
     strictly_lower, causal = i[:, None] > i[None, :], i[:, None] >= i[None, :]
 

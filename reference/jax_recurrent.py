@@ -49,15 +49,15 @@ def _scan_tokens():
     jax = _import_jax()
     jnp = jax.numpy
 
-    def l2norm(x):
+    def l2_normalize(x):
         return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2NORM_EPS)
 
-    @functools.partial(jax.jit, static_argnames=("group", "use_qk_l2norm"))
-    def run(q, k, v, g, beta, h0, seq, starts, scale, group, use_qk_l2norm):
+    @functools.partial(jax.jit, static_argnames=("group", "l2norm"))
+    def run(q, k, v, g, beta, h0, seq, starts, scale, group, l2norm):
         # q, k: [tokens, H, K]; v: [tokens, HV, V]; g, beta: [tokens, HV]; h0: [N, HV, K, V];
         # seq[t]: sequence of token t; starts[t]: t is its sequence's first token.
-        if use_qk_l2norm:
-            q, k = l2norm(q), l2norm(k)
+        if l2norm:
+            q, k = l2_normalize(q), l2_normalize(k)
         q, k = jnp.repeat(q, group, axis=1), jnp.repeat(k, group, axis=1)  # key head h // group
 
         def step(carry, token):
@@ -87,7 +87,7 @@ def jax_recurrent_gated_delta_rule(
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
-    use_qk_l2norm=False,
+    l2norm=False,
 ):
     """The recurrence of docs/design.md ('The recurrence') with `lax.scan` in float64.
 
@@ -97,7 +97,7 @@ def jax_recurrent_gated_delta_rule(
 
     Returns (o [B, T, HV, V], final_state [N, HV, K, V] or None) as NumPy float64 arrays.
     """
-    p = validate(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm)
+    p = validate(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, l2norm)
     jax = _import_jax()
     tokens = p.B * p.T
     q, k, v, g, beta = (_to_float64(x).reshape(tokens, *x.shape[2:]) for x in (q, k, v, g, beta))
@@ -111,6 +111,6 @@ def jax_recurrent_gated_delta_rule(
     starts[(np.cumsum(lens) - lens)[lens > 0]] = True
     with _float64_scope(jax):
         o, finals = _scan_tokens()(q, k, v, g, beta, h0, seq, starts, p.scale, group=p.group,
-                                   use_qk_l2norm=use_qk_l2norm)
+                                   l2norm=l2norm)
         o, finals = np.array(o), np.array(finals)  # writable copies, like any NumPy result
     return o.reshape(p.B, p.T, p.HV, p.V), (finals if output_final_state else None)

@@ -17,7 +17,7 @@ def recurrent_gated_delta_rule(
     initial_state=None,
     output_final_state=False,
     cu_seqlens=None,
-    use_qk_l2norm=False,
+    l2norm=False,
     dtype=torch.float64,
 ):
     """The recurrence of docs/design.md ('The recurrence') in `dtype`, on the inputs' device.
@@ -29,7 +29,7 @@ def recurrent_gated_delta_rule(
     Returns (o [B, T, HV, V], final_state [N, HV, K, V] or None), both in `dtype`.
     """
     x = prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
-                use_qk_l2norm, dtype)
+                l2norm, dtype)
     p = x.problem
     layout = PaddedLayout.build(p, x.q.device)
     q, k, v, g, beta = (layout.pad(t) for t in (x.q, x.k, x.v, x.g, x.beta))

@@ -30,15 +30,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture
-def restore_threads(monkeypatch):
-    """Golden runs pin the interpreter's thread counts; give other tests theirs back."""
-    from gdn_verify.platform import BLAS_THREAD_ENV_VARS
-
-    for var in BLAS_THREAD_ENV_VARS:
-        monkeypatch.setenv(var, os.environ.get(var, ""))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ def reference_rounded(q, k, v, g, beta, scale=None, initial_state=None, output_f
 
     o, final_state = recurrent_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                                use_qk_l2norm=use_qk_l2norm_in_kernel)
+                                                l2norm=use_qk_l2norm_in_kernel)
     return o.to(v.dtype), None if final_state is None else final_state.float()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from gdn_verify.reference._sequences import PaddedLayout, prepare
+from gdn_verify.reference import PaddedLayout, prepare
 
 REVISION_A = "u = beta[:, t, :, None, None] * (v[:, t, :, None, :] - k_t @ S)"
 REVISION_B = "u = beta[:, t, :, None, None] * v[:, t, :, None, :] - beta[:, t, :, None, None] * (k_t @ S)"

@@ -14,22 +14,18 @@ import types
 import pytest
 import torch
 
-from gdn_verify.adapters import (
-    Adapter,
-    ImplUnavailable,
-    NotSupported,
-    alpha_of,
-    l2_normalized,
-    mod_head_order,
-    triton_variants,
-)
+from gdn_verify.adapters import Adapter, NotSupported
+from gdn_verify.conventions import alpha_of, l2_normalized, mod_head_order
+from gdn_verify.impls import ImplUnavailable
+from gdn_verify.variants import triton_variants
 from gdn_verify.bitwise import bit_diff
 from gdn_verify.cases import dense, varlen
 from gdn_verify.impls import ImplError, resolve_impl
 from gdn_verify.inputs import make_inputs
 from gdn_verify.invariants import INVARIANTS
 from gdn_verify.report import markdown, verdict
-from gdn_verify.runner import RunOptions, run_cases
+from gdn_verify.results import RunOptions
+from gdn_verify.runner import run_cases
 
 import convention_doubles as doubles
 
@@ -44,7 +40,7 @@ CASES = [
 ]
 EXACT = {
     "state [N, HV, V, K]": Adapter("state_vk", doubles.state_vk, state_layout="vk"),
-    "packed [T, H, D]": Adapter("packed_layout", doubles.packed_layout, layout="packed"),
+    "packed [T, H, D]": Adapter("packed_layout", doubles.packed_layout, layout="varlen"),
     "key head h % H": Adapter("mod_heads", doubles.mod_heads, head_map="mod"),
     "no initial state": Adapter("no_initial_state", doubles.no_initial_state, lacks={"initial_state"}),
 }
@@ -81,7 +77,7 @@ def test_a_dense_batch_travels_packed_and_comes_back():
         return doubles.packed_layout(q, k, v, g, beta, **kwargs)
 
     inputs = make_inputs(case)
-    assert_bitwise(Adapter("spy", spy, layout="packed")(case, inputs), expected(case, inputs))
+    assert_bitwise(Adapter("spy", spy, layout="varlen")(case, inputs), expected(case, inputs))
     assert seen == {"shape": (2 * 20, 2, 8), "cu_seqlens": [0, 20, 40]}
 
 
@@ -135,7 +131,7 @@ MISDECLARED = {
     "key head h % H": (doubles.mod_heads, dict(head_map="mod"), {},
                        dense(20, H=2, HV=4, K=8, V=8, dtype="float32")),
     "alpha gates": (doubles.alpha_gates, dict(gate_space="alpha"), {}, dense(20, H=1, HV=2, K=8, V=8, dtype="float32")),
-    "packed [T, H, D]": (doubles.packed_layout, dict(layout="packed"), {},
+    "packed [T, H, D]": (doubles.packed_layout, dict(layout="varlen"), {},
                          varlen((5, 9), H=1, HV=2, K=8, V=8, dtype="float32")),
     "log gates (declared alpha)": (doubles.rounded_reference, {}, dict(gate_space="alpha"),
                                    dense(20, H=1, HV=2, K=8, V=8, dtype="float32", gate="strong")),
@@ -187,13 +183,34 @@ def test_a_packed_invariant_without_cu_seqlens_is_not_supported():
     (dict(lacks={"scale"}), dense(4, H=1, HV=1, K=8, V=8, dtype="float32", scale=0.5), "scale 0.5"),
     (dict(lacks={"final_state"}), dense(4, H=1, HV=1, K=8, V=8, dtype="float32"), "final state"),
     (dict(lacks={"cu_seqlens"}), varlen((3, 4), H=1, HV=1, K=8, V=8, dtype="float32"), "2 packed sequences"),
-    (dict(layout="packed", lacks={"cu_seqlens"}), dense(4, B=2, H=1, HV=1, K=8, V=8, dtype="float32"),
+    (dict(layout="varlen", lacks={"cu_seqlens"}), dense(4, B=2, H=1, HV=1, K=8, V=8, dtype="float32"),
      "2 packed sequences"),
+    (dict(gate_floor=False), dense(4, H=1, HV=1, K=8, V=8, dtype="float32", gate="extreme"), "gate floor"),
 ])
 def test_each_missing_capability_names_what_the_case_needs(changes, case, needs):
     adapter = Adapter("x", doubles.rounded_reference, **changes)
     assert needs in adapter.unsupported(case)
     assert Adapter("x", doubles.rounded_reference).unsupported(case) is None
+
+
+def test_without_a_gate_floor_only_gates_under_it_are_not_supported():
+    """Case-level (the extreme regime) and input-level (a derived call's gates, as the invariants
+    make them): strong gates down to the floor itself still run."""
+    adapter = Adapter("no-floor", doubles.rounded_reference, gate_floor=False)
+    strong = dense(20, H=1, HV=2, K=8, V=8, dtype="float32", gate="strong")
+    result = run_cases([strong, dense(20, H=1, HV=2, K=8, V=8, dtype="float32", gate="extreme")], adapter, "cpu",
+                       QUICK)
+    assert [r.status for r in result.cases] == ["pass", "not supported"]
+    inputs = make_inputs(strong)
+    adapter.prepare(strong, inputs)
+    inputs["g"][0, 3, 1] = -31.0  # under float32's floor of -30
+    with pytest.raises(NotSupported, match="gate floor"):
+        adapter.prepare(strong, inputs)
+    Adapter("x", doubles.rounded_reference).prepare(strong, inputs)
+    # Not a call convention: the identity of a store written with or without it is the same.
+    from gdn_verify.identity import implementation_identity, key
+    assert key(implementation_identity(adapter)) == key(
+        implementation_identity(Adapter("no-floor", doubles.rounded_reference)))
 
 
 def test_one_packed_sequence_runs_on_an_implementation_without_cu_seqlens():
@@ -227,7 +244,7 @@ def test_bad_declarations_are_rejected_by_name(changes, message):
 
 def test_resolve_applies_conventions_and_keeps_declared_gaps():
     adapter = resolve_impl("convention_doubles:state_vk", state_layout="vk", layout=None)
-    assert adapter.state_layout == "vk" and adapter.layout == "batched" and not adapter.calls_common_signature
+    assert adapter.state_layout == "vk" and adapter.layout == "dense" and not adapter.calls_common_signature
     assert resolve_impl("gdn_doubles:rounded_reference").calls_common_signature
     ours = resolve_impl("gdn")
     assert ours.ours and ours.calls_common_signature and ours.variants is not None
@@ -308,3 +325,17 @@ def test_fla_chunk_agrees_with_the_reference_on_cuda(device):
              varlen((5, 0, 70), H=2, HV=4, K=64, V=64, dtype="float32", init_state="random", l2norm=True)]
     result = run_cases(cases, adapter, device, QUICK)
     assert [r.status for r in result.cases] == ["pass", "pass"], [r.failures for r in result.cases]
+
+
+def test_former_layout_names_are_accepted_everywhere(capsys):
+    """--layout batched / packed, Adapter(layout=...) and stores that recorded them mean dense / varlen."""
+    from gdn_verify import cli
+    from gdn_verify.identity import key
+
+    parser = cli.build_parser()
+    for old, new in (("batched", "dense"), ("packed", "varlen")):
+        assert cli.impl_requests(parser.parse_args(["run", "--layout", old]).impl) == [("gdn", {"layout": new})]
+        assert Adapter("a", lambda *a, **k: None, layout=old).layout == new
+        assert key({"spec": "m:f", "conventions": {"layout": old}}) == key({"spec": "m:f", "conventions": {"layout": new}})
+    assert cli.main(["run", "--help"]) == 0
+    assert "batched and packed, their former names" in " ".join(capsys.readouterr().out.split())

@@ -9,20 +9,8 @@ import sys
 import pytest
 import torch
 
-from gdn_verify.cases import (
-    BETAS,
-    DTYPES,
-    EDGE_T,
-    GATES,
-    SUITES,
-    Case,
-    dense,
-    is_file_name_safe,
-    sample_product,
-    select,
-    suite,
-    varlen,
-)
+from gdn_verify.cases import BETAS, DTYPES, EDGE_T, GATES, SUITES, Case, dense, is_file_name_safe, select, suite, varlen
+from gdn_verify.sampling import sample_product
 from gdn_verify.contract import validate
 from gdn_verify.inputs import MILD_GATE_MIN, STRONG_GATE_RANGE, inputs_digest, make_inputs
 

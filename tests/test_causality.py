@@ -15,12 +15,14 @@ import torch
 
 from gdn_verify.cases import dense, suite, varlen
 from gdn_verify.compare import TENSORS, compare_tensor
-from gdn_verify.impls import gdn_args, gdn_kwargs, resolve_impl
+from gdn_verify.conventions import gdn_args, gdn_kwargs
+from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import EXTREME_GATES, make_inputs
 from gdn_verify.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from gdn_verify.platform import INTERPRETER_BACKEND
 from gdn_verify.reference import recurrent_gated_delta_rule
-from gdn_verify.runner import RunOptions, run_cases
+from gdn_verify.results import RunOptions
+from gdn_verify.runner import run_cases
 
 
 def exact(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,

@@ -18,7 +18,7 @@ from gdn_verify.compare import (
     rms_ratio,
     tolerance,
 )
-from gdn_verify.kernels._alloc import new_output, poisoned_outputs
+from gdn_verify.kernels import new_output, poisoned_outputs
 
 BACKEND = "cpu-interpreter"
 

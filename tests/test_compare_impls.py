@@ -17,14 +17,15 @@ import torch
 from gdn_verify import cli
 from gdn_verify.adapters import Adapter
 from gdn_verify.cases import dense, suite, varlen
-from gdn_verify.compare_impls import BENCH_DENSE_T, BENCH_MODEL, bench_cases, compare_impls, shape_class
+from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_MODEL
+from gdn_verify.compare_impls import bench_cases, compare_impls, shape_class
 from gdn_verify.impls import resolve_impl
-from gdn_verify.report import comparison_markdown
-from gdn_verify.runner import RunOptions
+from gdn_verify.report_compare import comparison_markdown
+from gdn_verify.results import RunOptions
 
 import gdn_doubles
 
-EVERY_CONVENTION = ["--impl", "convention_doubles:every_convention", "--layout", "packed", "--state-layout", "vk",
+EVERY_CONVENTION = ["--impl", "convention_doubles:every_convention", "--layout", "varlen", "--state-layout", "vk",
                     "--gate-space", "alpha", "--head-map", "mod", "--l2norm", "outside"]
 
 
@@ -128,14 +129,16 @@ def test_compare_usage_errors_exit_2(argv):
 
 
 def test_convention_flags_apply_to_the_impl_before_them():
-    parser = cli._parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["compare", "--no-scale", "--impl", "a:f", "--state-layout", "vk", "--impl", "b:g",
                               "--no-cu-seqlens", "--no-gva", "--dtypes", "float32,bfloat16", "--keyword-tensors"])
-    assert cli._impl_requests(args.impl) == [
+    assert cli.impl_requests(args.impl) == [
         ("a:f", {"lacks": {"scale"}, "state_layout": "vk"}),
         ("b:g", {"lacks": {"cu_seqlens", "gva"}, "dtypes": ("float32", "bfloat16"), "keyword_tensors": True})]
-    assert cli._impl_requests(parser.parse_args(["run", "--head-map", "mod"]).impl) == [("gdn", {"head_map": "mod"})]
-    assert cli._impl_requests(parser.parse_args(["run"]).impl) == [("gdn", {})]
+    assert cli.impl_requests(parser.parse_args(["run", "--head-map", "mod"]).impl) == [("gdn", {"head_map": "mod"})]
+    assert cli.impl_requests(parser.parse_args(["run", "--impl", "a:f", "--no-gate-floor"]).impl) == [
+        ("a:f", {"gate_floor": False})]
+    assert cli.impl_requests(parser.parse_args(["run"]).impl) == [("gdn", {})]
 
 
 def test_the_time_budget_cuts_every_column_at_the_same_case():

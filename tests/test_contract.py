@@ -29,7 +29,7 @@ def good_args() -> dict:
     gen = torch.Generator().manual_seed(0)
     return dict(q=randn(B, T, H, K), k=randn(B, T, H, K), v=randn(B, T, HV, V), g=-randn(B, T, HV).abs(),
                 beta=torch.rand(B, T, HV, generator=gen), scale=None, initial_state=randn(B, HV, K, V),
-                output_final_state=True, cu_seqlens=None, use_qk_l2norm=False)
+                output_final_state=True, cu_seqlens=None, l2norm=False)
 
 
 def meta(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ ERROR_INPUTS = [
       r"a torch tensor \(q is one\), got numpy\.ndarray"),
     E("output_final_state-int", lambda a: dict(output_final_state=1), "output_final_state", r"a bool, got 1"),
     E("output_final_state-none", lambda a: dict(output_final_state=None), "output_final_state", r"a bool, got None"),
-    E("use_qk_l2norm-string", lambda a: dict(use_qk_l2norm="yes"), "use_qk_l2norm", r"a bool, got 'yes'"),
+    E("l2norm-string", lambda a: dict(l2norm="yes"), "l2norm", r"a bool, got 'yes'"),
 ]
 
 
@@ -160,7 +160,7 @@ def test_error_inputs(error: ErrorInput):
 
 def test_error_names_the_callers_l2norm_argument():
     with pytest.raises(GDNInputError) as info:
-        validate(**dict(good_args(), use_qk_l2norm=1), l2norm_arg="use_qk_l2norm_in_kernel")
+        validate(**dict(good_args(), l2norm=1), l2norm_arg="use_qk_l2norm_in_kernel")
     _message_checks(info.value, "use_qk_l2norm_in_kernel", r"a bool, got 1")
 
 

@@ -14,12 +14,13 @@ import torch
 
 from gdn_verify import cli
 from gdn_verify.cases import dense
-from gdn_verify.compare import design_to_judge
-from gdn_verify.designs import DESIGNS, FLA, FLOAT32, GDN, parse_design, tf32_round
+from gdn_verify.compare import design_to_judge, rms_ratio
+from gdn_verify.designs import DESIGNS, FLA, FLOAT32, GDN, PrecisionDesign, parse_design, tf32_round
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs
 from gdn_verify.reference import chunked_gated_delta_rule
-from gdn_verify.runner import RunOptions, run_cases
+from gdn_verify.results import RunOptions
+from gdn_verify.runner import run_cases
 
 ONLY_SPLIT = RunOptions(invariants=("split-equivalence",), audit=False, diagnose=False)
 
@@ -71,22 +72,64 @@ def test_cli_rejects_a_bad_design_as_a_usage_error(capsys):
 # Emulation
 # ----------------------------------------------------------------------------------------
 
-def test_tf32_rounds_to_nearest_ties_away_from_zero():
+def test_tf32_rounds_to_nearest_ties_away_from_zero_and_tf32_trunc_cuts():
     one = 1.0
     tie = one + 2.0 ** -11  # halfway between 1 and 1 + 2^-10
-    x = torch.tensor([tie, -tie, one + 2.0 ** -11 - 2.0 ** -20, 3.0, float("inf"), float("nan")])
-    got = tf32_round(x)
-    assert got[:4].tolist() == [one + 2.0 ** -10, -(one + 2.0 ** -10), one, 3.0]
-    assert got[4] == float("inf") and got[5].isnan()
+    above = one + 2.0 ** -10 - 2.0 ** -20  # just below 1 + 2^-10
+    x = torch.tensor([tie, -tie, one + 2.0 ** -11 - 2.0 ** -20, above, -above, 3.0, float("inf"), float("nan")])
+    rna = tf32_round(x)
+    assert rna[:6].tolist() == [one + 2.0 ** -10, -(one + 2.0 ** -10), one, one + 2.0 ** -10, -(one + 2.0 ** -10), 3.0]
+    cut = tf32_round(x, "tf32-trunc")  # toward zero, whatever the dropped bits
+    assert cut[:6].tolist() == [one, -one, one, one, -one, 3.0]
+    for got in (rna, cut):
+        assert got[6] == float("inf") and got[7].isnan()
     bf = torch.randn(1000).to(torch.bfloat16).to(torch.float32)
-    assert torch.equal(tf32_round(bf), bf)
+    assert torch.equal(tf32_round(bf), bf) and torch.equal(tf32_round(bf, "tf32-trunc"), bf)
+    with pytest.raises(ValueError, match="mode"):
+        tf32_round(x, "bf16")
+
+
+def test_exp2_clause_parses_round_trips_and_rounds_its_constant():
+    d = parse_design("store=g_cum:compute;dots=tf32-trunc;exp2=1.4426950216")
+    assert d.exp2 == 1.4426950216 and d.dots == "tf32-trunc"
+    assert parse_design(d.spec).same_rules(d) and not d.same_rules(parse_design("store=g_cum:compute;dots=tf32-trunc"))
+    # The constant as the implementation's compute dtype holds it; float64 problems keep it whole.
+    assert FLA.rounding(torch.bfloat16).exp2 == torch.tensor(1.4426950216, dtype=torch.float32).item()
+    assert FLA.rounding(torch.float64).exp2 == 1.4426950216
+    assert GDN.rounding(torch.float32).exp2 is None
+    for bad in ("exp2=0", "exp2=-1.4", "exp2=inf", "exp2=two"):
+        with pytest.raises(ValueError, match="exp2"):
+            parse_design(bad)
+
+
+def test_base2_gates_add_the_exponent_rounding_to_the_decay():
+    """A decayed initial state alone (beta = 0, g = -20 a token, g_cum = -60 after 3 tokens):
+    with exp2 declared, the emulated final state carries the scaled gate's rounding, about
+    |g_cum| 2^-24 relative (3.6e-6 at most); without it only float32 rounding of the state."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 3, 1, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 3, 1, 16, generator=gen, dtype=torch.float64)
+    g, beta = torch.full((1, 3, 1), -20.0, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64)
+    h0 = torch.randn(1, 1, 16, 16, generator=gen, dtype=torch.float64)
+
+    def final_state(design):
+        args = (q, k, v, g, beta)
+        if design is not None:  # float32 inputs, so the design's float32 rules apply
+            args = tuple(t.float() for t in args)
+        return chunked_gated_delta_rule(*args, initial_state=h0.float() if design else h0,
+                                        output_final_state=True, design=design)[1]
+
+    exact = final_state(None)
+    natural = rms_ratio(final_state(PrecisionDesign("e", FLA.store, "ieee")), exact)
+    base2 = rms_ratio(final_state(PrecisionDesign("e2", FLA.store, "ieee", exp2=FLA.exp2)), exact)
+    assert natural < 2e-7 < 5e-7 < base2 < 4e-6, (natural, base2)
 
 
 def _reference(case, design):
     inputs = make_inputs(case)
     return chunked_gated_delta_rule(inputs["q"], inputs["k"], inputs["v"], inputs["g"], inputs["beta"],
                                     initial_state=inputs.get("initial_state"), output_final_state=True,
-                                    use_qk_l2norm=case.l2norm, design=design)
+                                    l2norm=case.l2norm, design=design)
 
 
 def test_design_mode_stores_exactly_the_declared_quantities():

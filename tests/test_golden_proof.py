@@ -29,7 +29,6 @@ LINE_B = "        u = beta[:, t, :, None, None] * v[:, t, :, None, :] - beta[:, 
 SMOKE = ["--suite", "smoke", "--device", "cpu"]
 N_SMOKE = len(suite("smoke"))
 
-pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def run(*argv) -> int:
@@ -134,14 +133,15 @@ def test_a_store_without_identity_is_our_chunk_kernels(tmp_path):
 
     # The runner's view: our kernel compares with it; anything else is refused unless asked.
     from gdn_verify.impls import resolve_impl
-    from gdn_verify.runner import SetupError, _Goldens
+    from gdn_verify.results import SetupError
+    from gdn_verify.run_goldens import RunGoldens
 
     fp, root = manifest["fingerprint"], tmp_path / "goldens"
-    view = _Goldens(str(root), fp, impl=resolve_impl("gdn"))
+    view = RunGoldens(str(root), fp, impl=resolve_impl("gdn"))
     assert view.summary["identity"]["store"]["spec"] == "gdn" and "against_impl" not in view.summary
     with pytest.raises(SetupError, match="written by implementation 'gdn'"):
-        _Goldens(str(root), fp, impl=resolve_impl("gdn_doubles:rounded_reference"))
-    assert _Goldens(str(root), fp, impl=resolve_impl("gdn_doubles:rounded_reference"), against_impl=True
+        RunGoldens(str(root), fp, impl=resolve_impl("gdn_doubles:rounded_reference"))
+    assert RunGoldens(str(root), fp, impl=resolve_impl("gdn_doubles:rounded_reference"), against_impl=True
                     ).summary["against_impl"]
 
 
@@ -154,8 +154,8 @@ def test_regenerate_refuses_another_implementation(tmp_path):
     with pytest.raises(GoldenError, match="written by implementation 'a:f', not by 'b:f'"):
         regenerate(tmp_path, fp, run_items([("b", 2)]), identity=dict(mine, spec="b:f"))
     # Same implementation, other conventions: another implementation too.
-    with pytest.raises(GoldenError, match=r"not by 'a:f' \(layout=packed\)"):
-        regenerate(tmp_path, fp, run_items([("b", 2)]), identity=dict(mine, conventions={"layout": "packed"}))
+    with pytest.raises(GoldenError, match=r"not by 'a:f' \(layout=varlen\)"):
+        regenerate(tmp_path, fp, run_items([("b", 2)]), identity=dict(mine, conventions={"layout": "varlen"}))
     # Another revision of it: allowed, and recorded.
     regenerate(tmp_path, fp, run_items([("b", 2)]), identity=dict(mine, source_digest="2" * 64))
     store = GoldenStore(tmp_path).for_platform(fp)

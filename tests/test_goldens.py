@@ -181,7 +181,7 @@ def test_tensor_level_corruption_is_detected_even_with_a_consistent_file_hash(tm
     directory = tmp_path / platform_key(fp)
     manifest = json.loads((directory / "manifest.json").read_text())
     entry = manifest["cases"]["a"]
-    other = goldens._case_file_bytes("a", "d0", outputs(2))
+    other = goldens.case_file_bytes("a", "d0", outputs(2))
     (directory / entry["file"]).write_bytes(other)
     entry["file_sha256"] = goldens.hashlib.sha256(other).hexdigest()
     (directory / "manifest.json").write_text(json.dumps(manifest))
@@ -309,7 +309,7 @@ def test_duplicate_and_unsafe_ids_are_rejected(tmp_path, fp):
         regenerate(tmp_path, fp, run_items([("../x", 1)]))
 
 
-def test_report_json_and_rich_table(tmp_path, fp):
+def test_report_json_and_regen_table(tmp_path, fp):
     regenerate(tmp_path, fp, run_items([("a", 1), ("gone", 2)]))
     changed = outputs(1)
     changed["o"] = one_ulp_up(changed["o"], (0, 1, 0, 0))
@@ -318,8 +318,10 @@ def test_report_json_and_rich_table(tmp_path, fp):
     assert data["replaced"][0]["diffs"]["o"]["max_ulp"] == 1 and data["unused"] == ["gone"]
     from rich.console import Console
 
+    from gdn_verify.report_tables import regen_table
+
     console = Console(record=True, width=200)
-    console.print(report.rich_table())
+    console.print(regen_table(report))
     text = console.export_text()
     assert "replaced" in text and "gone" in text and "unused" in text
 

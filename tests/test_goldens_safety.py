@@ -281,10 +281,10 @@ def test_the_same_tensors_always_get_the_same_file(monkeypatch):
     # safetensors keeps its metadata in a hash map: the order it writes the keys in varies
     # from one call to the next, and with it the file's digest and name.
     tensors = outputs(1)
-    written = {goldens._case_file_bytes("a", "d0", tensors) for _ in range(40)}
+    written = {goldens.case_file_bytes("a", "d0", tensors) for _ in range(40)}
     assert len(written) == 1
     (data,) = written
-    assert data == goldens._safetensors_bytes(tensors, {"inputs_digest": "d0", "case_id": "a"})
+    assert data == goldens.safetensors_bytes(tensors, {"inputs_digest": "d0", "case_id": "a"})
     n = int.from_bytes(data[:8], "little")
     assert (8 + n) % 8 == 0 and list(json.loads(data[8:8 + n])["__metadata__"]) == ["case_id", "inputs_digest"]
     loaded = goldens.load_safetensors(data)
@@ -296,7 +296,7 @@ def test_the_same_tensors_always_get_the_same_file(monkeypatch):
         return real_save(tensors, metadata=dict(reversed(list(metadata.items()))))
 
     monkeypatch.setattr(goldens, "save_safetensors", reversing_save)
-    assert goldens._case_file_bytes("a", "d0", tensors) == data
+    assert goldens.case_file_bytes("a", "d0", tensors) == data
 
 
 # --- a reader and a concurrent writer ----------------------------------------------------------

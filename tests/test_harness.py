@@ -15,12 +15,15 @@ import torch
 
 from gdn_verify import cli
 from gdn_verify.cases import dense, suite, varlen
-from gdn_verify.impls import Impl, resolve_impl
+from gdn_verify.adapters import Adapter
+from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs
 from gdn_verify.invariants import INVARIANTS, diagnose_stages
 from gdn_verify.reference import chunked_gated_delta_rule
 from gdn_verify.report import markdown
-from gdn_verify.runner import RunOptions, run_cases, variant_audit
+from gdn_verify.audit import variant_audit
+from gdn_verify.results import RunOptions
+from gdn_verify.runner import run_cases
 
 import gdn_doubles
 
@@ -31,7 +34,7 @@ def run(*argv) -> int:
     return cli.main([str(a) for a in argv])
 
 
-def double(name: str) -> Impl:
+def double(name: str) -> Adapter:
     return resolve_impl(f"gdn_doubles:{name}")
 
 
@@ -82,7 +85,7 @@ def test_usage_errors_exit_2(argv):
     assert run(*argv) == 2
 
 
-def test_missing_or_corrupt_goldens_exit_2(tmp_path, restore_threads, capsys):
+def test_missing_or_corrupt_goldens_exit_2(tmp_path, capsys):
     assert run("run", "--suite", "smoke", "--impl", "gdn_doubles:rounded_reference", "--device", "cpu",
                "--goldens", tmp_path / "absent") == 2
     store = tmp_path / "goldens"
@@ -112,7 +115,7 @@ def test_selfcheck_without_jax_says_how_to_install_it(monkeypatch, capsys):
     assert "pip install 'gdn-verify[jax]'" in capsys.readouterr().err
 
 
-def test_golden_cycle_catches_a_one_ulp_change(tmp_path, restore_threads, capsys):
+def test_golden_cycle_catches_a_one_ulp_change(tmp_path, capsys):
     """regen -> equal -> a one-ULP change fails with its ULP stats -> regen --force -> equal."""
     store = tmp_path / "goldens"
     common = ["--suite", "smoke", "--device", "cpu", "--goldens", store]
@@ -142,7 +145,7 @@ def test_golden_cycle_catches_a_one_ulp_change(tmp_path, restore_threads, capsys
     assert run("golden", "diff", *common, "--impl", "gdn_doubles:one_ulp", "--against-impl") == 0
 
 
-def test_golden_regen_refuses_failing_cases(tmp_path, restore_threads):
+def test_golden_regen_refuses_failing_cases(tmp_path):
     store = tmp_path / "goldens"
     assert run("golden", "regen", "--suite", "smoke", "--device", "cpu", "--goldens", store,
                "--impl", "gdn_doubles:zeros") == 1
@@ -151,7 +154,7 @@ def test_golden_regen_refuses_failing_cases(tmp_path, restore_threads):
         assert json.loads((platform_dir / "manifest.json").read_text())["cases"] == {}
 
 
-def test_interrupted_regen_writes_the_cases_that_passed(tmp_path, restore_threads, capsys):
+def test_interrupted_regen_writes_the_cases_that_passed(tmp_path, capsys):
     """A regen stopped mid-run (what timeout's SIGTERM becomes) keeps the goldens of the cases
     that passed before the stop, exits 1, and never prunes on a partial run."""
     store = tmp_path / "goldens"
@@ -169,7 +172,7 @@ def test_interrupted_regen_writes_the_cases_that_passed(tmp_path, restore_thread
     assert after == before | first_two and len(after - before) == len(first_two - before) > 0
 
 
-def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, restore_threads, capsys):
+def test_digest_only_goldens_catch_a_one_ulp_change(tmp_path, capsys):
     """Under --max-golden-bytes 0 every tensor is stored as its digest: equal bits still pass,
     a one-ULP change still exits 1, and the reports say the golden was digest only."""
     store = tmp_path / "goldens"
@@ -220,7 +223,7 @@ def test_the_cpu_suite_fits_the_interpreter_cap():
     assert largest <= DEFAULT_MAX_TENSOR_BYTES[INTERPRETER_BACKEND]
 
 
-def test_default_regen_stores_the_largest_cpu_suite_tensors_in_full(tmp_path, restore_threads):
+def test_default_regen_stores_the_largest_cpu_suite_tensors_in_full(tmp_path):
     """...and so does `golden regen` with its default cap, on a new interpreter store."""
     largest = max(suite("cpu"), key=lambda c: max(_output_nbytes(c)))
     assert run("golden", "regen", "--suite", "cpu", "--cases", f"^{re.escape(largest.id)}$", "--device", "cpu",
@@ -262,7 +265,7 @@ def test_invariants_catch_what_they_guard(case):
 
 def test_split_equivalence_fails_when_the_state_is_not_carried():
     case = dense(40, H=1, HV=1, K=8, V=8, dtype="float32", init_state="random")
-    impl = Impl("ignores-initial-state", lambda *a, initial_state=None, **kw: gdn_doubles.rounded_reference(*a, **kw),
+    impl = Adapter("ignores-initial-state", lambda *a, initial_state=None, **kw: gdn_doubles.rounded_reference(*a, **kw),
                 ours=False)
     result = _one(case, impl, invariants=("split-equivalence",))
     assert result.status == "fail" and not result.invariants[0].passed
@@ -279,17 +282,17 @@ def test_stage_diagnosis_names_the_first_divergent_stage():
     inputs = make_inputs(case)
 
     def wrong_wy(*args, use_qk_l2norm_in_kernel=False, **kwargs):
-        stages = chunked_gated_delta_rule(*args, use_qk_l2norm=use_qk_l2norm_in_kernel, **kwargs)[-1]
+        stages = chunked_gated_delta_rule(*args, l2norm=use_qk_l2norm_in_kernel, **kwargs)[-1]
         return {**stages.__dict__, "W": stages.W * 1.01}
 
-    impl = Impl("wrong-wy", gdn_doubles.rounded_reference, ours=False, intermediates=wrong_wy)
+    impl = Adapter("wrong-wy", gdn_doubles.rounded_reference, ours=False, intermediates=wrong_wy)
     diagnosis = diagnose_stages(impl, case, inputs, "cpu-interpreter")
     assert diagnosis["first_divergent"] == "W"
     assert diagnosis["stages"]["g_cum"] == 0 and diagnosis["stages"]["A"] == 0
 
     # The runner diagnoses only after an end-to-end failure, and the report shows it.
     assert _one(case, impl, invariants=(), diagnose=True).stages is None
-    broken = Impl("broken", gdn_doubles.one_broken_chunk, ours=False, intermediates=wrong_wy)
+    broken = Adapter("broken", gdn_doubles.one_broken_chunk, ours=False, intermediates=wrong_wy)
     result = run_cases([case], broken, "cpu", RunOptions(invariants=(), audit=False))
     assert result.cases[0].stages["first_divergent"] == "W"
     assert "| `" + case.id + "` | W |" in markdown(result)
@@ -309,14 +312,14 @@ def test_variant_audit_fails_when_short_sequences_compile_new_variants():
         seen.add(min(64, 1 << (q.shape[1] - 1).bit_length()))  # the seed's bug: tile size from T
         return gdn_doubles.rounded_reference(q, *args, **kwargs)
 
-    audit = variant_audit(Impl("t-tiles", tile_from_t, ours=False, variants=lambda: {"o_kernel": len(seen)}), "cpu")
+    audit = variant_audit(Adapter("t-tiles", tile_from_t, ours=False, variants=lambda: {"o_kernel": len(seen)}), "cpu")
     assert not audit.passed and audit.after_t64 == {"o_kernel": 1} and audit.after_sweep["o_kernel"] > 1
-    fixed = Impl("fixed", gdn_doubles.rounded_reference, ours=False, variants=lambda: {"o_kernel": 1})
+    fixed = Adapter("fixed", gdn_doubles.rounded_reference, ours=False, variants=lambda: {"o_kernel": 1})
     assert variant_audit(fixed, "cpu").passed
     assert variant_audit(double("rounded_reference"), "cpu") is None
 
 
-def test_goldens_of_another_platform_are_not_comparable(tmp_path, restore_threads):
+def test_goldens_of_another_platform_are_not_comparable(tmp_path):
     from gdn_verify.goldens import regenerate
     from gdn_verify.platform import fingerprint
 
@@ -332,7 +335,7 @@ def test_goldens_of_another_platform_are_not_comparable(tmp_path, restore_thread
     assert "0.0-elsewhere" in report["goldens"]["detail"] and "### Goldens" in out_md.read_text()
 
 
-def test_changed_inputs_are_reported_not_compared(tmp_path, restore_threads):
+def test_changed_inputs_are_reported_not_compared(tmp_path):
     args = ["--suite", "smoke", "--cases", "t1-", "--impl", "gdn_doubles:rounded_reference", "--device", "cpu",
             "--goldens", tmp_path]
     assert run("golden", "regen", *args) == 0
@@ -359,7 +362,8 @@ def test_progress_is_a_bar_on_a_tty_and_lines_elsewhere(tty):
 
     from rich.console import Console
 
-    from gdn_verify.report import Live, print_summary
+    from gdn_verify.render import Live
+    from gdn_verify.report import print_summary
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=tty, width=120)

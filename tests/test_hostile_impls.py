@@ -22,9 +22,12 @@ from safetensors.torch import load_file
 
 from gdn_verify import cli
 from gdn_verify.cases import dense, suite
-from gdn_verify.impls import Impl, resolve_impl
+from gdn_verify.adapters import Adapter
+from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs
-from gdn_verify.runner import RunOptions, run_cases, variant_audit
+from gdn_verify.audit import variant_audit
+from gdn_verify.results import RunOptions
+from gdn_verify.runner import run_cases
 
 import gdn_doubles
 
@@ -191,7 +194,7 @@ def test_a_bad_case_timeout_is_a_usage_error(value, capsys):
 # ----------------------------------------------------------------------------------------
 
 def test_a_raising_implementation_fails_the_variant_audit_instead_of_crashing_the_run():
-    audit = variant_audit(Impl("raises", gdn_doubles.raises, ours=False, variants=lambda: {}), "cpu")
+    audit = variant_audit(Adapter("raises", gdn_doubles.raises, ours=False, variants=lambda: {}), "cpu")
     assert not audit.passed and "RuntimeError: deliberate failure inside the implementation" in audit.detail
 
 

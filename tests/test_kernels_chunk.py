@@ -24,6 +24,7 @@ from gdn_verify.kernels import (
     chunk_gated_delta_rule_intermediates,
     compiled_variants,
     poisoned_outputs,
+    reset_variant_log,
     unwritten_mask,
 )
 from gdn_verify.kernels import cumsum as cumsum_module
@@ -32,13 +33,13 @@ from gdn_verify.kernels import l2norm as l2norm_module
 from gdn_verify.kernels import output as output_module
 from gdn_verify.kernels import recurrence as recurrence_module
 from gdn_verify.kernels import wy as wy_module
-from gdn_verify.kernels._common import compute_dtype, dot_precision
-from gdn_verify.kernels._launch import reset_variant_log
+from gdn_verify.kernels._common import compute_dtype, dot_precision  # white-box: the stages' precision policy
 from gdn_verify.kernels.chunk import chunk_stage_calls
 from gdn_verify.kernels.chunk_map import build_chunk_map
 from gdn_verify.reference import chunked_gated_delta_rule, recurrent_gated_delta_rule
 
-from kernel_checks import assert_same_bits, case_kwargs, error_ratio
+from kernel_checks import (assert_same_bits, case_kwargs, check_alone_equals_varlen, check_deterministic,
+                           check_empty_sequences_keep_state, error_ratio)
 
 dense = partial(_dense, dtype="float32")
 varlen = partial(_varlen, dtype="float32")
@@ -127,7 +128,7 @@ def case_id(case: Case) -> str:
 def _check_against_reference(case: Case, device: str) -> None:
     inputs = make_inputs(case)
     o, final_state = run_kernel(inputs, case, device)
-    ref_o, ref_state = recurrent_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
+    ref_o, ref_state = recurrent_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), l2norm=case.l2norm)
 
     assert o.dtype == inputs["v"].dtype and o.shape == inputs["v"].shape
     state_dtype = compute_dtype(inputs["q"].dtype)
@@ -210,7 +211,7 @@ def stage_errors(case: Case, device: str) -> dict[str, tuple[float, float]]:
     launched on its own with the reference's intermediates as inputs."""
     inputs = make_inputs(case)
     x = case_kwargs(inputs, case, device)
-    _, _, ref = chunked_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
+    _, _, ref = chunked_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), l2norm=case.l2norm)
     problem = validate(x["q"], x["k"], x["v"], x["g"], x["beta"], cu_seqlens=x["cu_seqlens"])
     chunks = build_chunk_map(problem, x["cu_seqlens"], device)
     acc, precision, l2 = compute_dtype(x["q"].dtype), dot_precision(x["q"].dtype), case.l2norm
@@ -264,7 +265,7 @@ def test_intermediates_are_the_fast_path(base: Case, device: str):
     got = run_intermediates(inputs, case, device)
     assert_same_bits(got["o"], o, "o")
     assert_same_bits(got["final_state"], final_state, "final_state")
-    _, _, ref = chunked_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
+    _, _, ref = chunked_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), l2norm=case.l2norm)
     for name in ("g_cum", "A", "Tm", "W", "U", "h", "v_new", "o", "final_state"):
         err = error_ratio(got[name], getattr(ref, name))
         assert err <= 1e-10, f"{name}: RMS error ratio {err:.3g}"
@@ -336,42 +337,21 @@ def test_compiled_variants_do_not_depend_on_sequence_length(device: str):
 @pytest.mark.parametrize("init_state", ["random", "none"])
 def test_zero_length_sequence_keeps_its_state_bitwise(init_state: str, device: str):
     case = varlen((0, 70, 0, 0, 3, 0), init_state=init_state, **_SMALL)
-    inputs = make_inputs(case)
-    _, final_state = run_kernel(inputs, case, device)
-    initial = inputs.get("initial_state", torch.zeros(case.N, case.HV, case.K, case.V))
-    for n, length in enumerate(case.seq_lens):
-        if length == 0:
-            assert_same_bits(final_state[n], initial[n], f"final_state of empty sequence {n}")
+    check_empty_sequences_keep_state(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_run_to_run_bitwise_determinism(dtype: str, device: str):
     case = varlen((5, 0, 70, 1), H=1, HV=2, K=60, V=40, dtype=dtype, init_state="random", l2norm=True)
-    inputs = make_inputs(case)
-    first = run_kernel(inputs, case, device)
-    second = run_kernel(inputs, case, device)
-    for name, a, b in zip(("o", "final_state"), first, second):
-        assert_same_bits(a, b, name)
+    check_deterministic(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_sequence_alone_equals_sequence_packed(dtype: str, device: str):
+def test_sequence_alone_equals_sequence_in_varlen_batch(dtype: str, device: str):
     """Batch invariance: every sequence of a packed batch, run on its own (dense, B = 1), gives
     the same bits as inside the batch, where its chunks start at other offsets."""
     case = varlen((3, 0, 70, 1, 66), H=1, HV=2, K=16, V=40, dtype=dtype, init_state="random")
-    inputs = make_inputs(case)
-    o, final_state = run_kernel(inputs, case, device)
-    offsets = case.cu_seqlens
-    for n, length in enumerate(case.seq_lens):
-        if length == 0:
-            continue
-        lo, hi = offsets[n], offsets[n + 1]
-        alone_case = dense(length, H=1, HV=2, K=16, V=40, dtype=dtype, init_state="random")
-        alone = {name: inputs[name][:, lo:hi] for name in ("q", "k", "v", "g", "beta")}
-        alone["initial_state"] = inputs["initial_state"][n:n + 1]
-        o_alone, state_alone = run_kernel(alone, alone_case, device)
-        assert_same_bits(o[:, lo:hi], o_alone, f"o of sequence {n}")
-        assert_same_bits(final_state[n:n + 1], state_alone, f"final_state of sequence {n}")
+    check_alone_equals_varlen(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

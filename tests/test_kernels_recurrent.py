@@ -15,12 +15,12 @@ from gdn_verify.cases import varlen as _varlen
 from gdn_verify.contract import GDNInputError
 from gdn_verify.inputs import make_inputs
 from gdn_verify.kernels import fused_recurrent as fused_recurrent_module
-from gdn_verify.kernels._alloc import poisoned_outputs, unwritten_mask
-from gdn_verify.kernels._launch import compiled_variants
+from gdn_verify.kernels import compiled_variants, poisoned_outputs, unwritten_mask
 from gdn_verify.kernels.fused_recurrent import fused_recurrent_gated_delta_rule
 from gdn_verify.reference import recurrent_gated_delta_rule
 
-from kernel_checks import assert_same_bits, case_kwargs, error_ratio
+from kernel_checks import (case_kwargs, check_alone_equals_varlen, check_deterministic,
+                           check_empty_sequences_keep_state, error_ratio)
 
 KERNEL = "fused_recurrent_gated_delta_rule_kernel"
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -86,7 +86,7 @@ def run_kernel(inputs: dict, case: Case, device: str):
 
 
 def run_reference(inputs: dict, case: Case):
-    return recurrent_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), use_qk_l2norm=case.l2norm)
+    return recurrent_gated_delta_rule(**case_kwargs(inputs, case, "cpu"), l2norm=case.l2norm)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -125,12 +125,7 @@ def test_extreme_decay_stays_finite(device: str):
 @pytest.mark.parametrize("init_state", ["random", "none"])
 def test_zero_length_sequence_keeps_its_state_bitwise(init_state: str, device: str):
     case = varlen((0, 4, 0, 0, 3, 0), init_state=init_state, **_SMALL)
-    inputs = make_inputs(case)
-    _, final_state = run_kernel(inputs, case, device)
-    initial = inputs.get("initial_state", torch.zeros(case.N, case.HV, case.K, case.V))
-    for n, length in enumerate(case.seq_lens):
-        if length == 0:
-            assert_same_bits(final_state[n], initial[n], f"final_state of empty sequence {n}")
+    check_empty_sequences_keep_state(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("base", [
@@ -150,31 +145,15 @@ def test_every_output_element_is_written(base: Case, dtype: str, device: str):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_run_to_run_bitwise_determinism(dtype: str, device: str):
     case = varlen((5, 0, 17, 1), H=1, HV=2, K=60, V=40, dtype=dtype, init_state="random", l2norm=True)
-    inputs = make_inputs(case)
-    first = run_kernel(inputs, case, device)
-    second = run_kernel(inputs, case, device)
-    for name, a, b in zip(("o", "final_state"), first, second):
-        assert_same_bits(a, b, name)
+    check_deterministic(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_sequence_alone_equals_sequence_packed(dtype: str, device: str):
+def test_sequence_alone_equals_sequence_in_varlen_batch(dtype: str, device: str):
     """Batch invariance: each sequence of a packed batch, run on its own (dense, B = 1),
     gives the same bits as inside the batch."""
     case = varlen((3, 0, 17, 1, 6), H=1, HV=2, K=16, V=40, dtype=dtype, init_state="random")
-    inputs = make_inputs(case)
-    o, final_state = run_kernel(inputs, case, device)
-    offsets = case.cu_seqlens
-    for n, length in enumerate(case.seq_lens):
-        if length == 0:
-            continue
-        s, e = offsets[n], offsets[n + 1]
-        alone_case = dense(length, H=1, HV=2, K=16, V=40, dtype=dtype, init_state="random")
-        alone = {name: inputs[name][:, s:e].clone() for name in ("q", "k", "v", "g", "beta")}
-        alone["initial_state"] = inputs["initial_state"][n:n + 1].clone()
-        alone_o, alone_state = run_kernel(alone, alone_case, device)
-        assert_same_bits(o[:, s:e], alone_o, f"o of sequence {n}")
-        assert_same_bits(final_state[n:n + 1], alone_state, f"final_state of sequence {n}")
+    check_alone_equals_varlen(run_kernel, case, device)
 
 
 @pytest.mark.parametrize("layout", ["dense", "varlen"])

@@ -119,7 +119,7 @@ def test_cli_reports_a_broken_mutant_as_a_setup_error(monkeypatch, capsys):
 def test_a_subprocess_imports_the_copy_not_the_installed_tree(tmp_path):
     root = make_copy(tmp_path, None)
     code = ("import gdn_verify.kernels, gdn_verify.reference, gdn_verify.mutate as m, pathlib, sys; "
-            "print(gdn_verify.kernels.__file__); m._assert_isolated(pathlib.Path(sys.argv[1]).resolve())")
+            "print(gdn_verify.kernels.__file__); m.assert_isolated(pathlib.Path(sys.argv[1]).resolve())")
     env = {**os.environ, **mutate.WORKER_ENV, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-c", code, str(root)], cwd=root, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -130,7 +130,7 @@ def test_a_subprocess_imports_the_copy_not_the_installed_tree(tmp_path):
 def test_isolation_check_rejects_the_installed_tree(tmp_path):
     # This test process imports gdn_verify from the repository, not from tmp_path.
     with pytest.raises(MutationSetupError, match="not from the copy"):
-        mutate._assert_isolated(tmp_path.resolve())
+        mutate.assert_isolated(tmp_path.resolve())
 
 
 # ----------------------------------------------------------------------------------------

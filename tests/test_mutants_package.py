@@ -10,6 +10,7 @@ and their anchors against the installed fla sources where fla is installed.
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 import json
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def run(*argv) -> int:
 
 
 @pytest.mark.slow
-def test_our_kernels_as_a_package_one_caught_one_survived(tmp_path, restore_threads):
+def test_our_kernels_as_a_package_one_caught_one_survived(tmp_path):
     mutants = tmp_path / "ours.toml"
     mutants.write_text(OURS)
     before = tree_digests(source_dirs())
@@ -135,10 +136,10 @@ def test_the_public_fla_mutants_are_well_formed():
         for edit in m.edits:
             assert edit.file.startswith("ops/") and edit.file.endswith(".py")
             assert edit.anchor.strip() and edit.anchor != edit.replacement
-            # Both sides are single Python statements of the same indentation.
+            # Both sides are whole Python statements of the same indentation.
             indent = len(edit.anchor) - len(edit.anchor.lstrip())
             assert len(edit.replacement) - len(edit.replacement.lstrip()) == indent
-            compile(edit.replacement.strip(), m.name, "exec")
+            compile(textwrap.dedent(edit.replacement), m.name, "exec")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fla") is None, reason="fla (fla-core) is not installed here")

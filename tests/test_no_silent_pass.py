@@ -26,7 +26,6 @@ TWO = ["--suite", "smoke", "--max-cases", "2"]
 GOOD = ["--impl", "gdn_doubles:rounded_reference", "--device", "cpu"]
 
 
-pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def run(*argv) -> int:

@@ -57,10 +57,10 @@ def test_rms_ratio_of_zero_reference():
 
 @dataclass(frozen=True)
 class Case:
-    """One GDN problem: dense (B rows of T tokens) when packed is False, else cu_seqlens."""
+    """One GDN problem: dense (B rows of T tokens) when varlen is False, else varlen (cu_seqlens)."""
 
     seq_lens: tuple[int, ...]
-    packed: bool
+    varlen: bool
     H: int
     HV: int
     K: int
@@ -72,7 +72,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        if self.packed:
+        if self.varlen:
             shape = "lens" + ".".join(map(str, self.seq_lens))
         else:
             shape = f"B{len(self.seq_lens)}-T{self.seq_lens[0]}"
@@ -86,7 +86,7 @@ def dense(B: int, T: int, H: int, HV: int, K: int, V: int, **kw) -> Case:
     return Case((T,) * B, False, H, HV, K, V, **kw)
 
 
-def packed(lens: tuple[int, ...], H: int, HV: int, K: int, V: int, **kw) -> Case:
+def varlen(lens: tuple[int, ...], H: int, HV: int, K: int, V: int, **kw) -> Case:
     return Case(tuple(lens), True, H, HV, K, V, **kw)
 
 
@@ -94,7 +94,7 @@ def make_inputs(case: Case, seed: int, device="cpu") -> dict:
     """Arguments for any reference, float64. Without l2norm the keys get norms in [0.5, 1], so
     that beta |k|^2 <= 1 and the recurrence stays bounded, as it does for normalized keys."""
     gen = torch.Generator().manual_seed(seed)
-    B, T = (1, sum(case.seq_lens)) if case.packed else (len(case.seq_lens), case.seq_lens[0])
+    B, T = (1, sum(case.seq_lens)) if case.varlen else (len(case.seq_lens), case.seq_lens[0])
     N = len(case.seq_lens)
 
     def randn(*shape):
@@ -114,8 +114,8 @@ def make_inputs(case: Case, seed: int, device="cpu") -> dict:
             "random": lambda: rand(B, T, case.HV)}[case.beta]()
     args = dict(q=q, k=k, v=randn(B, T, case.HV, case.V), g=g, beta=beta,
                 initial_state=randn(N, case.HV, case.K, case.V) if case.h0 else None,
-                cu_seqlens=torch.tensor((0, *np.cumsum(case.seq_lens))) if case.packed else None,
-                use_qk_l2norm=case.l2norm, output_final_state=True)
+                cu_seqlens=torch.tensor((0, *np.cumsum(case.seq_lens))) if case.varlen else None,
+                l2norm=case.l2norm, output_final_state=True)
     return {name: x.to(device) if torch.is_tensor(x) else x for name, x in args.items()}
 
 
@@ -135,12 +135,12 @@ AGREEMENT_CASES = [
     dense(1, 128, 2, 4, 32, 72, gate="zero", h0=False, l2norm=False),
     dense(2, 129, 1, 1, 72, 40, beta="one", l2norm=False),
     dense(1, 200, 1, 2, 36, 20, gate="strong", beta="one"),
-    packed((0, 1, 64, 0, 65, 1, 0), 2, 4, 32, 48),
-    packed((1, 1, 1, 1), 1, 2, 16, 24, gate="strong", l2norm=False),
-    packed((0, 130, 0), 1, 4, 16, 8, gate="zero", h0=False),
-    packed((17, 0, 0, 63, 128, 2), 2, 2, 56, 40, beta="one"),
-    packed((0, 0), 1, 2, 8, 8),
-    packed((5, 0, 3), 2, 8, 12, 20, gate="zero", beta="zero"),
+    varlen((0, 1, 64, 0, 65, 1, 0), 2, 4, 32, 48),
+    varlen((1, 1, 1, 1), 1, 2, 16, 24, gate="strong", l2norm=False),
+    varlen((0, 130, 0), 1, 4, 16, 8, gate="zero", h0=False),
+    varlen((17, 0, 0, 63, 128, 2), 2, 2, 56, 40, beta="one"),
+    varlen((0, 0), 1, 2, 8, 8),
+    varlen((5, 0, 3), 2, 8, 12, 20, gate="zero", beta="zero"),
 ]
 
 
@@ -161,19 +161,19 @@ def test_references_agree(case, device):
 # An obviously right scalar loop: one sequence, one head, one token at a time.
 
 
-def scalar_loop(q, k, v, g, beta, scale, initial_state, seq_lens, packed_rows, use_qk_l2norm):
+def scalar_loop(q, k, v, g, beta, scale, initial_state, seq_lens, varlen_rows, l2norm):
     q, k, v, g, beta, h0 = (x.numpy() for x in (q, k, v, g, beta, initial_state))
     H, HV = q.shape[2], v.shape[2]
     o = np.zeros(v.shape)
     final = np.zeros(h0.shape)
     start = 0
     for n, length in enumerate(seq_lens):
-        row, first = (0, start) if packed_rows else (n, 0)
+        row, first = (0, start) if varlen_rows else (n, 0)
         for h in range(HV):
             S = h0[n, h].copy()
             for t in range(first, first + length):
                 q_t, k_t = q[row, t, h // (HV // H)], k[row, t, h // (HV // H)]
-                if use_qk_l2norm:
+                if l2norm:
                     q_t = q_t / math.sqrt(float(q_t @ q_t) + L2NORM_EPS)
                     k_t = k_t / math.sqrt(float(k_t @ k_t) + L2NORM_EPS)
                 S = math.exp(g[row, t, h]) * S
@@ -186,14 +186,14 @@ def scalar_loop(q, k, v, g, beta, scale, initial_state, seq_lens, packed_rows, u
 
 
 @pytest.mark.parametrize("case", [
-    packed((3, 0, 5, 1), 2, 4, 5, 3),
+    varlen((3, 0, 5, 1), 2, 4, 5, 3),
     dense(2, 6, 1, 2, 3, 4, gate="strong", l2norm=False),
 ], ids=lambda c: c.id)
 def test_references_match_scalar_loop(case):
     args = make_inputs(case, seed=2)
     scale = 0.7
     want_o, want_state = scalar_loop(args["q"], args["k"], args["v"], args["g"], args["beta"], scale,
-                                     args["initial_state"], case.seq_lens, case.packed, case.l2norm)
+                                     args["initial_state"], case.seq_lens, case.varlen, case.l2norm)
     args["scale"] = scale
     results = {"recurrent": recurrent_gated_delta_rule(**args),
                "chunked": chunked_gated_delta_rule(**args)[:2],
@@ -209,7 +209,7 @@ def test_references_match_scalar_loop(case):
 
 
 @pytest.mark.parametrize("case, chunk_map", [pytest.param(case, chunk_map, id=case.id) for case, chunk_map in [
-    (packed((0, 70, 1, 0, 64, 129), 2, 4, 24, 40, gate="strong"),
+    (varlen((0, 70, 1, 0, 64, 129), 2, 4, 24, 40, gate="strong"),
      dict(seq=[1, 1, 2, 4, 5, 5, 5], first=[0, 64, 70, 71, 135, 199, 263], len=[64, 6, 1, 64, 64, 64, 1])),
     (dense(2, 65, 1, 2, 16, 8, l2norm=False),  # first token on the flattened [B*T] axis: row 1 starts at 65
      dict(seq=[0, 0, 1, 1], first=[0, 64, 65, 129], len=[64, 1, 64, 1])),
@@ -253,7 +253,7 @@ def test_chunk_intermediates_follow_stages_layout(case, chunk_map):
         # The state entering the chunk: the recurrent reference run over the sequence's prefix.
         prefix = {name: x[None, seq_starts[n]:first] for name, x in tokens.items()}
         _, S = recurrent_gated_delta_rule(**prefix, initial_state=args["initial_state"][n:n + 1],
-                                          output_final_state=True, use_qk_l2norm=case.l2norm)
+                                          output_final_state=True, l2norm=case.l2norm)
         S = S[0]
         v_new = U - W @ S
         causal = torch.ones(L, L, dtype=torch.bool).tril()
@@ -313,7 +313,7 @@ def test_split_chained_through_state_equals_one_call(reference, heads, T, cut, g
 @given(heads=head_shapes(), lens=st.lists(st.integers(0, 80), min_size=1, max_size=5), l2norm=st.booleans(),
        seed=seeds)
 def test_no_decay_no_write_keeps_state_and_reads_it(reference, heads, lens, l2norm, seed):
-    case = packed(tuple(lens), **heads, gate="zero", beta="zero", l2norm=l2norm)
+    case = varlen(tuple(lens), **heads, gate="zero", beta="zero", l2norm=l2norm)
     args = make_inputs(case, seed)
     h0 = args["initial_state"]
     o, state = reference(**args)
@@ -331,16 +331,16 @@ def test_no_decay_no_write_keeps_state_and_reads_it(reference, heads, lens, l2no
 @given(heads=head_shapes(), lens=st.lists(st.integers(0, 80), min_size=1, max_size=5), gate=gates, beta=betas,
        h0=st.booleans(), seed=seeds)
 def test_packing_equals_separate_runs(reference, heads, lens, gate, beta, h0, seed):
-    case = packed(tuple(lens), **heads, gate=gate, beta=beta, h0=h0)
+    case = varlen(tuple(lens), **heads, gate=gate, beta=beta, h0=h0)
     args = make_inputs(case, seed)
-    o_packed, s_packed = reference(**args)
+    o_varlen, s_varlen = reference(**args)
     starts = np.cumsum([0] + lens)
     for n, (start, end) in enumerate(zip(starts[:-1], starts[1:])):
         alone = {name: args[name][:, start:end] for name in ("q", "k", "v", "g", "beta")}
         o, s = reference(**alone, initial_state=None if not h0 else args["initial_state"][n:n + 1],
-                         output_final_state=True, use_qk_l2norm=case.l2norm)
-        assert rms_ratio(o_packed[:, start:end], o) <= REFERENCE_RTOL, f"sequence {n}"
-        assert rms_ratio(s_packed[n], s[0]) <= REFERENCE_RTOL, f"sequence {n}"
+                         output_final_state=True, l2norm=case.l2norm)
+        assert rms_ratio(o_varlen[:, start:end], o) <= REFERENCE_RTOL, f"sequence {n}"
+        assert rms_ratio(s_varlen[n], s[0]) <= REFERENCE_RTOL, f"sequence {n}"
 
 
 @by_reference
@@ -348,7 +348,7 @@ def test_packing_equals_separate_runs(reference, heads, lens, gate, beta, h0, se
        seed=seeds)
 def test_zero_length_sequence_keeps_initial_state(reference, heads, lens, zero_at, gate, seed):
     lens = lens[:zero_at] + [0] + lens[zero_at:]
-    args = make_inputs(packed(tuple(lens), **heads, gate=gate), seed)
+    args = make_inputs(varlen(tuple(lens), **heads, gate=gate), seed)
     _, state = reference(**args)
     for n, length in enumerate(lens):
         if length == 0:
@@ -362,7 +362,7 @@ def test_zero_length_sequence_keeps_initial_state(reference, heads, lens, zero_a
 @pytest.mark.parametrize("reference", [recurrent_gated_delta_rule, chunked_gated_delta_rule],
                          ids=["recurrent", "chunked"])
 def test_inputs_are_not_modified_nor_aliased(reference):
-    args = make_inputs(packed((0, 3, 70), 1, 2, 4, 5), seed=4)
+    args = make_inputs(varlen((0, 3, 70), 1, 2, 4, 5), seed=4)
     before = {name: x.clone() for name, x in args.items() if torch.is_tensor(x)}
     state = reference(**args)[1]
     for name, x in before.items():
@@ -379,7 +379,7 @@ def test_final_state_only_when_asked():
 
 
 def test_low_precision_inputs_and_compute_dtype():
-    args = make_inputs(packed((4, 0, 9), 2, 4, 8, 6), seed=6)
+    args = make_inputs(varlen((4, 0, 9), 2, 4, 8, 6), seed=6)
     want_o, want_state = recurrent_gated_delta_rule(**args)
     low = dict(args, **{name: args[name].to(torch.bfloat16) for name in ("q", "k", "v")},
                **{name: args[name].float() for name in ("g", "beta", "initial_state")})
@@ -400,7 +400,7 @@ def test_jax_reference_takes_numpy_and_jax_arrays():
 
     # float32 inputs: a caller's JAX arrays are float32 unless it enabled x64 itself.
     args = {n: x.float() if torch.is_tensor(x) and x.is_floating_point() else x
-            for n, x in make_inputs(packed((2, 5), 1, 2, 3, 4), seed=7).items()}
+            for n, x in make_inputs(varlen((2, 5), 1, 2, 3, 4), seed=7).items()}
     want_o, want_state = jax_recurrent_gated_delta_rule(**args)
     conversions = {
         "numpy": lambda name, x: x.numpy(),
