@@ -6,7 +6,7 @@ final_state: sequence, value head). This script recomputes on the CPU, for the s
 inputs are the same bits on any x86-64 host), the error each named design predicts
 (`compare.emulate`), globally and on that slice, measured as the run measured it
 (`compare.error_ratios`), and prints the factor each actual error needs: (actual - floor) /
-emulated, the number DESIGN_FACTOR (gdn_verify/compare.py) must stay above. The slice compared is
+emulated, the number DESIGN_FACTOR (gdn_verify/tolerances.py) must stay above. The slice compared is
 the one the run reported (the slice nearest its bound under the design the run judged by).
 Non-finite actual errors (NaN outputs) are counted apart.
 
@@ -22,13 +22,12 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from gdn_verify.cases import Case
-from gdn_verify.compare import DESIGN_FLOOR, emulate, error_ratios, slice_index
+from gdn_verify.compare import emulate, error_ratios, slice_index
 from gdn_verify.designs import parse_design
 from gdn_verify.inputs import make_inputs
 from gdn_verify.references import torch_reference
+from gdn_verify.tolerances import DESIGN_FLOOR
 
 
 def case_of(data: dict) -> Case:

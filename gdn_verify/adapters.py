@@ -22,7 +22,7 @@ implementation differs, converts the inputs to its conventions and its outputs b
   cu_seqlens_dtype: the integer dtype it documents for cu_seqlens;
 * design: its precision design (gdn_verify/designs.py): which quantities it stores rounded and
   how it rounds dot operands. One other than ours is judged against its emulated error instead
-  of the tolerance table (compare.py), and a design whose state is narrower than the contract's
+  of the tolerance table (tolerances.py), and a design whose state is narrower than the contract's
   final state (float32 arithmetic on float64 inputs) returns the final state in that dtype.
 
 Calling an adapter guards the harness against the implementation: it gets copies of its

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 from gdn_verify.cases import Case
-from gdn_verify.compare import REFERENCE_AGREEMENT, TENSORS, rms_ratio
+from gdn_verify.compare import TENSORS, rms_ratio
+from gdn_verify.tolerances import REFERENCE_AGREEMENT
 from gdn_verify.conventions import gdn_args, gdn_kwargs
 from gdn_verify.inputs import make_inputs, to_device
 

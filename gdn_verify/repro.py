@@ -275,7 +275,8 @@ Case:
 
 
 def _default_tolerances(dtype: str) -> dict:
-    from gdn_verify.compare import BACKENDS, TENSORS, tolerance
+    from gdn_verify.compare import TENSORS, tolerance
+    from gdn_verify.tolerances import BACKENDS
 
     return {
         backend: {name: _tolerance_entry(tolerance(name, dtype, backend)) for name in TENSORS}

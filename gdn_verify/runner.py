@@ -36,7 +36,8 @@ from gdn_verify.adapters import Adapter, NotSupported
 from gdn_verify.call_guard import ContractViolation
 from gdn_verify.audit import AUDIT_T, CaseTimeout, sync, time_limit, variant_audit
 from gdn_verify.cases import Case
-from gdn_verify.compare import REFERENCE_AGREEMENT, backend_of, compare_outputs, design_to_judge, emulate
+from gdn_verify.compare import backend_of, compare_outputs, design_to_judge, emulate
+from gdn_verify.tolerances import REFERENCE_AGREEMENT
 from gdn_verify.inputs import inputs_digest, make_inputs, to_device
 from gdn_verify.invariants import check_invariants, diagnose_stages
 from gdn_verify.references import jax_agreement, torch_reference

@@ -9,9 +9,7 @@ import torch
 
 from gdn_verify.cases import DTYPES, dense, varlen
 from gdn_verify.compare import (
-    BACKENDS,
     TENSORS,
-    TOLERANCES,
     chunk_slices,
     compare_outputs,
     compare_tensor,
@@ -19,6 +17,7 @@ from gdn_verify.compare import (
     tolerance,
 )
 from gdn_verify.kernels import new_output, poisoned_outputs
+from gdn_verify.tolerances import BACKENDS, TOLERANCES
 
 BACKEND = "cpu-interpreter"
 
