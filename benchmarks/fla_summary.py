@@ -26,12 +26,8 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    d = Path(argv[0])
+def render(d: Path) -> str:
+    """fla_gpu.md's text from the JSON in directory d."""
 
     def load(name):
         return json.loads((d / name).read_text())
@@ -76,7 +72,16 @@ def main(argv=None) -> int:
             f"{mutants['caught']} caught, {mutants['survived']} survived, over {mutants['cases']} cases:", ""]
     out += table(["mutant", "verdict", "first failing case", "check"],
                  [[m["mutant"], m["verdict"], f"`{m['case']}`", m["check"]] for m in mutants["mutants"]])
-    (d / "fla_gpu.md").write_text("\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    d = Path(argv[0])
+    (d / "fla_gpu.md").write_text(render(d))
     print(f"wrote {d / 'fla_gpu.md'}")
     return 0
 
