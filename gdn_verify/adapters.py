@@ -110,7 +110,7 @@ class Adapter:
 
     spec: str
     fn: Callable
-    # Our kernels allocate every output through kernels._alloc.new_output, so they can be
+    # Our kernels allocate every output through gdn_verify.kernels.new_output, so they can be
     # poisoned; foreign code cannot.
     ours: bool = False
     # Stage intermediates (docs/design.md, 'Chunked form') of the same computation, for
