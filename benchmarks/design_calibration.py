@@ -30,10 +30,6 @@ from gdn_verify.references import torch_reference
 from gdn_verify.tolerances import DESIGN_FLOOR
 
 
-def case_of(data: dict) -> Case:
-    return Case(**{**data, "seq_lens": tuple(data["seq_lens"])})
-
-
 def needed(actual: float | None, emulated: float | None, floor: float) -> float | None:
     """The factor on the emulated error this actual error needs, the floor taken off (0 when the
     floor covers it; None where it cannot be said: no slice, a non-finite actual, no emulated error)."""
@@ -59,8 +55,8 @@ def main(argv=None) -> int:
             judged = {t: ch for t, ch in c.get("checks", {}).items() if ch.get("design")}
             if not judged:
                 continue
-            case = case_of(c["case"])
-            if sum(case.seq_lens) * case.HV * case.K * case.V > args.max_work:
+            case = Case.from_dict(c["case"])
+            if case.tokens * case.HV * case.K * case.V > args.max_work:
                 skipped += 1
                 continue
             inputs = make_inputs(case)

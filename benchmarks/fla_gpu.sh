@@ -33,12 +33,7 @@ STORE=goldens/fla-chunk
 DTYPES=bfloat16,float16,float32
 MUTANT_CASES='h4x8-d128-bf16'
 
-limit() { local left=$((DEADLINE - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
-step() {  # name max_seconds command...: output to logs/name.log
-  local name=$1 t; t=$(limit "$2"); shift 2
-  echo "== $name (limit ${t}s, $((DEADLINE - SECONDS))s left)"; local s=$SECONDS
-  timeout -k 10 "$t" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
-  echo "   exit $rc after $((SECONDS - s))s"; tail -n 15 "$LOGS/$name.log"; return $rc; }
+source benchmarks/gpu_steps.sh  # limit, step
 shard_files() {  # dir, gpu_shards.py args...: one file per shard regex
   local dir=$1; shift; mkdir -p "$dir"
   python3 benchmarks/gpu_shards.py "$@" | split -l 1 -a 3 -d - "$dir/s"; ls "$dir"/s* 2>/dev/null; }

@@ -16,10 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+from gdn_verify.render import md_table
 
 
 def fmt(x) -> str:
@@ -51,13 +48,13 @@ def render(d: Path) -> str:
            f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}; errors are cases the limit "
            "interrupted). Failures, judged by the design the run declared (" + ", ".join(f"`{j}`" for j in judged)
            + "; section 2 compares it with the `fla` design as it stands):", ""]
-    out += table(["case", "failure"], [[f"`{i}`", f.replace("|", "/")] for i, f in failed]) + [""]
+    out += md_table(["case", "failure"], [[f"`{i}`", f] for i, f in failed]) + [""]
     out += ["## 2. The design factor: what each design predicts of those errors", "",
             f"`benchmarks/design_calibration.py` over the same reports ({len({r['case'] for r in calib['rows']})} "
             f"cases up to {calib['max_work']:.0e} tokens x heads x K x V): per dtype and tensor, the largest "
             "factor on the emulated error that FLA's actual error needs, globally and on the slice the run "
             "reported. NaN outputs are left out.", ""]
-    out += table(["design", "dtype", "tensor", "tensors", "max global", "max slice", "at"],
+    out += md_table(["design", "dtype", "tensor", "tensors", "max global", "max slice", "at"],
                  [[f"`{s['design']}`", s["dtype"], s["tensor"], s["tensors"], fmt(s["max_global"]), fmt(s["max_slice"]),
                    f"`{s['max_slice_case']}`"] for s in calib["summary"]]) + [""]
     out += ["## 3. Goldens, compared in fresh processes (`golden diff`)", "",
@@ -70,7 +67,7 @@ def render(d: Path) -> str:
             f"{change_full['headline']}; ULP tables in `fla_one_line_change_full_tensors.md`.", "",
             "## 5. Mutants (`mutants/fla.toml`)", "",
             f"{mutants['caught']} caught, {mutants['survived']} survived, over {mutants['cases']} cases:", ""]
-    out += table(["mutant", "verdict", "first failing case", "check"],
+    out += md_table(["mutant", "verdict", "first failing case", "check"],
                  [[m["mutant"], m["verdict"], f"`{m['case']}`", m["check"]] for m in mutants["mutants"]])
     return "\n".join(out) + "\n"
 

@@ -22,7 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from gdn_verify.cases import SUITES, suite
+from gdn_verify.platform import pin_cpu_dispatch
 
 
 def combination(case) -> tuple:
@@ -38,6 +38,10 @@ def stored_cases(root: Path, device: str) -> set[str]:
 
 
 def main(argv=None) -> int:
+    # Before NumPy and torch load, as the CLI does: a cpu store's key names the capped dispatch.
+    pin_cpu_dispatch(reexec=sys.argv if argv is None else None)
+    from gdn_verify.cases import SUITES, suite
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=SUITES, default="gpu")
     p.add_argument("--dtypes", help="comma-separated input dtypes to keep (default: all)")

@@ -16,11 +16,7 @@ FINAL=${OUT:-out/h200}
 OUT=$(mktemp -d)  # results collect here and travel as one archive (the device returns few files)
 LOGS=$OUT/logs; mkdir -p "$LOGS"
 DEADLINE=$((SECONDS + ${H200_BUDGET_S:-520}))
-limit() { local left=$((DEADLINE - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
-step() { local name=$1 max=$2; shift 2; local t; t=$(limit "$max")
-  echo "== $name (limit ${t}s, $((DEADLINE - SECONDS))s left)"; local s=$SECONDS
-  timeout -k 10 "$t" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
-  echo "   exit $rc after $((SECONDS - s))s"; tail -n 25 "$LOGS/$name.log"; }
+source benchmarks/gpu_steps.sh  # limit, step
 mkdir -p "$FINAL"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 unset TRITON_INTERPRET
@@ -29,37 +25,10 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$LOGS/gpu.txt"
 
 # Phase A: goldens for the gpu suite's cases that the committed store lacks, in small shards
-# (one shape/dtype/flag combination each, at most 8 cases, fewest cases first) run 16 at a
+# (one shape/dtype/flag combination each, at most 8 cases, largest first; benchmarks/gpu_shards.py) run 16 at a
 # time: Triton compiles each combination cold, and shards compile theirs in parallel. A shard
 # stopped by the phase's deadline still writes the goldens of the cases it passed.
-python3 - "$LOGS/shards.txt" "$LOGS/warm.txt" <<'PY'
-import json, re, sys
-from collections import defaultdict
-from pathlib import Path
-from gdn_verify.cases import suite
-from gdn_verify.platform import fingerprint, platform_key
-manifest = Path("goldens") / platform_key(fingerprint("cuda")) / "manifest.json"
-have = set(json.loads(manifest.read_text())["cases"]) if manifest.exists() else set()
-missing, present = defaultdict(list), defaultdict(list)
-for c in suite("gpu"):
-    key = (c.H, c.HV, c.K, c.V, c.dtype, c.l2norm, c.init_state)
-    if c.id in have:
-        present[key].append(c)
-    else:
-        missing[key].append(c.id)
-with open(sys.argv[1], "w") as shards:
-    for ids in sorted(missing.values(), key=len):
-        for i in range(0, len(ids), 8):
-            print("^(" + "|".join(re.escape(x) for x in ids[i:i + 8]) + ")$", file=shards)
-# One case of each combination phase A does not compile, so phase C's one process finds the
-# Triton cache warm either way and times the suite, not the compiler: the shortest case with at
-# least one token (a pack of empty sequences launches no chunk kernel, so it compiles nothing).
-with open(sys.argv[2], "w") as warm:
-    for key, cases in present.items():
-        runnable = [c for c in cases if sum(c.seq_lens)]
-        if key not in missing and runnable:
-            print("^" + re.escape(min(runnable, key=lambda c: sum(c.seq_lens)).id) + "$", file=warm)
-PY
+python3 benchmarks/gpu_shards.py --suite gpu --missing-from goldens --warm "$LOGS/warm.txt" > "$LOGS/shards.txt"
 A_LIMIT=$(limit 240)
 echo "== phase A: $(wc -l < "$LOGS/shards.txt") shards of missing gpu-suite goldens (limit ${A_LIMIT}s)"; s=$SECONDS
 timeout -k 10 "$A_LIMIT" xargs -a "$LOGS/shards.txt" -d '\n' -P 16 -I{} \

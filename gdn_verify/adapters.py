@@ -86,13 +86,15 @@ class _Needs:
                    case.init_state == "random", case.N, case.layout == "varlen", case.gate == "extreme")
 
     @classmethod
-    def of_inputs(cls, case: Case, inputs: dict[str, torch.Tensor]) -> "_Needs":
+    def of_inputs(cls, case: Case, inputs: dict[str, torch.Tensor], scan_gates: bool) -> "_Needs":
+        """scan_gates: look for gates under the floor (a reduction over g, and on a GPU a sync:
+        only for an implementation that declares no floor)."""
         q, v, cu = inputs["q"], inputs["v"], inputs.get("cu_seqlens")
         floor = GATE_FLOOR["float64" if v.dtype == torch.float64 else "float32"]
         return cls(str(v.dtype).removeprefix("torch."), q.shape[2] != v.shape[2], _custom_scale(case.scale, q.shape[3]),
                    case.l2norm, inputs.get("initial_state") is not None,
                    q.shape[0] if cu is None else len(cu) - 1, cu is not None,
-                   bool((inputs["g"].double() < floor).any()))
+                   scan_gates and bool((inputs["g"] < floor).any()))
 
 
 def _custom_scale(scale: float | None, K: int) -> float | None:
@@ -219,7 +221,7 @@ class Adapter:
 
     def prepare(self, case: Case, inputs: dict[str, torch.Tensor]) -> PreparedCall:
         """The converted arguments of one call (what a benchmark times), after the support check."""
-        reason = self._why_not(_Needs.of_inputs(case, inputs))
+        reason = self._why_not(_Needs.of_inputs(case, inputs, scan_gates=not self.gate_floor))
         if reason is not None:
             raise NotSupported(reason)
         q, k, v, g, beta = gdn_args(inputs)

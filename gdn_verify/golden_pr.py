@@ -16,18 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gdn_verify.identity import describe_key, describe_revision
+from gdn_verify.render import md_table
 
 EQUAL, DIFFERENT = "equal", "different"
 NOT_COMPARED = ("missing", "inputs-changed", "error", "not supported")
-
-
-def _md(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows])
 
 
 def tensor_rows(diffs: dict) -> list[list[str]]:
@@ -162,11 +154,11 @@ class StoreDiff:
         out += [f"Goldens: `{self.store}`. "
                 + ("Revision changes: " + "; ".join(f"`{c}`" for c in self.changed) + "."
                    if self.changed else "No revision change recorded between the goldens and this run."), ""]
-        out += _table(["", "goldens (before)", "this run (after)"], self.revision_rows()) + [""]
+        out += md_table(["", "goldens (before)", "this run (after)"], self.revision_rows()) + [""]
         out += [f"{self.variants_line()[0].upper()}{self.variants_line()[1:]}.", ""]
         rows = self.variant_rows()
         if rows:
-            out += _table(["kernel", "before", "after", "change"], rows) + [""]
+            out += md_table(["kernel", "before", "after", "change"], rows) + [""]
         if self.variants_after and self.variants_after.get("detail"):
             out += [f"Variant audit now: {self.variants_after['detail']}.", ""]
         different = [(cid, d) for cid, s, d in self.cases if s == DIFFERENT]
@@ -174,14 +166,14 @@ class StoreDiff:
             out += [f"### Cases that differ ({len(different)})", ""]
             for cid, diffs in different:
                 out += [f"`{cid}`", ""]
-                out += _table(["tensor", "elements differing", "max ULP", "ULP histogram", "first index"],
+                out += md_table(["tensor", "elements differing", "max ULP", "ULP histogram", "first index"],
                               tensor_rows(diffs)) + [""]
         elif self.compared:
             out += [f"Every compared case is bitwise equal: {self.count(EQUAL)} cases, o and final_state.", ""]
         others = [(cid, s, d) for cid, s, d in self.cases if s not in (EQUAL, DIFFERENT)]
         if others:
             out += ["### Cases not compared", ""]
-            out += _table(["case", "status", "why"], [[cid, s, d] for cid, s, d in others]) + [""]
+            out += md_table(["case", "status", "why"], [[cid, s, d] for cid, s, d in others]) + [""]
         for hint in self.digest_hints:
             out += [f"Digest-only goldens: {hint}.", ""]
         return "\n".join(out)
