@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # flash-linear-attention (fla-core, carried as a wheel in .whl/) through the gate on one CUDA GPU,
-# in two calls of about nine minutes each, run back to back so the second finds the first's
-# Triton cache warm. Everything lands under $OUT as a few archives (the device returns few files).
+# in calls of about nine minutes each, run back to back so the next finds the last one's Triton
+# cache warm. Everything lands under $OUT as a few archives (the device returns few files).
 #
 #   bash benchmarks/fla_gpu.sh calibrate   # pristine FLA over the gpu suite's bf16/f16/f32 cases:
-#                                          #  1. `run` with every check, one JSON report per shard
+#                                          #  1. which TF32 the GPU's dots use (tf32_rounding.py)
+#                                          #  2. whole outputs of the cases in $FLA_PROBE (dump_outputs.py)
+#                                          #  3. `run` with every check, one JSON report per shard
 #                                          #     (the design factor's calibration data)
-#                                          #  2. `golden regen` into goldens/fla-chunk (its own store)
+#                                          #  4. `golden regen` of the cases goldens/fla-chunk lacks
 #                                          #  (then, on this machine: benchmarks/design_calibration.py
 #                                          #  over the run reports, benchmarks/fla_summary.py)
-#   bash benchmarks/fla_gpu.sh proof       # with goldens/fla-chunk from the first call:
-#                                          #  1. `golden diff` in fresh processes: all equal, exit 0
-#                                          #  2. the one-line change (benchmarks/fla_one_line_change.toml)
-#                                          #     in a copy of the package: `golden diff` exit 1
-#                                          #  3. `mutate --mutants mutants/fla.toml`: all caught
-#                                          #  4. our kernels: goldens of gpu cases the stores lack
+#   bash benchmarks/fla_gpu.sh diff        # `golden diff` against goldens/fla-chunk in fresh
+#                                          #  processes: all equal, exit 0
+#   bash benchmarks/fla_gpu.sh change      # the one-line change (benchmarks/fla_one_line_change.toml)
+#                                          #  in a copy of the package: `golden diff` exit 1; then
+#                                          #  `mutate --mutants mutants/fla.toml`: all caught
+#   bash benchmarks/fla_gpu.sh ours        # our kernels: goldens of gpu cases their stores lack
+#   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
 # Triton compiles and FLA autotunes each combination cold, and compiling is what takes the time.
@@ -60,24 +63,29 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
 FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
 
-case "$PHASE" in
-calibrate)
+phase_calibrate() {
   # Which TF32 reading the design's `tf32-trunc` assumes: cut or rounded operands (seconds).
-  step tf32_rounding 60 python3 benchmarks/tf32_rounding.py --json "$WORK/logs/tf32_rounding.json"
+  step tf32_rounding 45 python3 benchmarks/tf32_rounding.py --json "$LOGS/tf32_rounding.json"
+  [ -n "${FLA_PROBE:-}" ] && step probe 60 python3 benchmarks/dump_outputs.py --impl fla-chunk --device cuda \
+    --suite gpu --cases "$FLA_PROBE" --out "$WORK/probe.safetensors" && cp "$WORK/probe.safetensors" "$LOGS/"
   shard_files "$WORK/fla" --suite gpu --dtypes "$DTYPES" > /dev/null
-  shards fla_run 300 "$WORK/fla" run "${FLA[@]}" --no-audit --json SHARD.run.json
+  shards fla_run 400 "$WORK/fla" run "${FLA[@]}" --no-audit --json SHARD.run.json
   mkdir -p "$WORK/runs"; cp "$WORK"/fla/s???.run.json "$WORK/runs/" 2>/dev/null
-  rm -f "$WORK/fla/exit_codes"
-  shards fla_regen 230 "$WORK/fla" golden regen "${FLA[@]}" --goldens "$STORE"
-  grep -h "not written\|wrote\|added" "$WORK"/fla/s???.log | sort | uniq -c | sort -rn | head -20
+  shard_files "$WORK/regen" --suite gpu --dtypes "$DTYPES" --missing-from "$STORE" > /dev/null
+  [ -n "$(ls "$WORK/regen"/s??? 2>/dev/null)" ] && \
+    shards fla_regen 120 "$WORK/regen" golden regen "${FLA[@]}" --goldens "$STORE"
+  grep -h "not written\|wrote\|added" "$WORK"/regen/s???.log 2>/dev/null | sort | uniq -c | sort -rn | head -20
   tar czf "$FINAL/fla_store.tgz" "$STORE"
-  tar czf "$FINAL/fla_runs.tgz" -C "$WORK" runs logs
-  ;;
-proof)
+  tar czf "$FINAL/fla_runs.tgz" -C "$WORK" runs logs; }
+
+phase_diff() {
   [ -f "$STORE/"*/manifest.json ] || { echo "no $STORE store: run the calibrate phase first" >&2; exit 2; }
   shard_files "$WORK/diff" --suite gpu --dtypes "$DTYPES" > /dev/null
   shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json
   mkdir -p "$WORK/diffs"; cp "$WORK"/diff/s???.diff.json "$WORK/diffs/" 2>/dev/null
+  tar czf "$FINAL/fla_diff.tgz" -C "$WORK" diffs logs; }
+
+phase_change() {
   # The one-line change, in a copy of the package first on the path.
   python3 - /tmp/site /tmp/site-changed benchmarks/fla_one_line_change.toml <<'PY'
 import shutil, sys
@@ -104,6 +112,10 @@ PY
   echo "   (exit 1 expected: the change alters bits)"
   step fla_mutants 200 python3 -m gdn_verify mutate --mutants mutants/fla.toml --suite gpu --device cuda \
     --cases "$MUTANT_CASES" --goldens "$STORE" --workers 6 --json "$WORK/fla_mutants.json"
+  tar czf "$FINAL/fla_change.tgz" -C "$WORK" logs one_line_change.md one_line_change.json \
+    one_line_change_full_tensors.md one_line_change_full_tensors.json fla_mutants.json; }
+
+phase_ours() {
   # Our kernels: the gpu-suite cases whose goldens their stores lack (new cases).
   for spec in "gdn goldens" "gdn-recurrent goldens/gdn-recurrent"; do
     set -- $spec
@@ -111,10 +123,11 @@ PY
     [ -n "$(ls "$WORK/ours-$1"/s??? 2>/dev/null)" ] && \
       shards "regen_$1" 120 "$WORK/ours-$1" golden regen --suite gpu --impl "$1" --device cuda --goldens "$2"
   done
-  tar czf "$FINAL/our_stores.tgz" goldens/cuda* goldens/gdn-recurrent
-  tar czf "$FINAL/fla_proof.tgz" -C "$WORK" diffs logs one_line_change.md one_line_change.json \
-    one_line_change_full_tensors.md one_line_change_full_tensors.json fla_mutants.json
-  ;;
-*) echo "usage: $0 calibrate|proof" >&2; exit 2 ;;
+  tar czf "$FINAL/our_stores.tgz" goldens/cuda* goldens/gdn-recurrent; }
+
+case "$PHASE" in
+calibrate|diff|change|ours) "phase_$PHASE" ;;
+proof) phase_diff; phase_change; phase_ours ;;
+*) echo "usage: $0 calibrate|diff|change|ours|proof" >&2; exit 2 ;;
 esac
 ls -la "$FINAL"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fla_summary  # noqa: E402  (beside this file)
+import stage_breakdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 README = RESULTS / "README.md"
@@ -75,8 +76,82 @@ def h100_fla() -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla}
-FILES = {RESULTS / "h100" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100")}
+def _stage_us(run: dict | None, stage: str) -> float | None:
+    return next((s["us"] for s in run["stages"] if s["stage"] == stage), None) if run else None
+
+
+def _vs(a: float | None, b: float | None) -> str:
+    """ours / FLA (ratio) in microseconds; "-" for a side without the stage."""
+    if a is None and b is None:
+        return "-"
+    cell = f"{'-' if a is None else f'{a:.0f}'} / {'-' if b is None else f'{b:.0f}'}"
+    return cell + (f" ({a / b:.2f})" if a is not None and b else "")
+
+
+def h100_stage_breakdown() -> str:
+    """Device time per forward by stage, ours / flash-linear-attention, from the recorded
+    h100/stage_breakdown.json re-rendered by stage_breakdown.rerender (annotation ranges out)."""
+    path = RESULTS / "h100" / "stage_breakdown.json"
+    report = stage_breakdown.rerender(json.loads(path.read_text()), str(path.relative_to(RESULTS.parent.parent)))
+    runs = {(r["shape"], r["impl"]): r for r in report["runs"] if r["status"] == "ok"}
+    shapes = list(dict.fromkeys(r["shape"] for r in report["runs"]))
+    stages = [s for s in stage_breakdown.STAGES
+              if any(_stage_us(run, s) is not None for run in runs.values())]
+    rows = ["| shape | " + " | ".join(stages) + " | total (device) | wall (eager call) |",
+            "|---" * (len(stages) + 3) + "|"]
+    for shape in shapes:
+        ours, fla = runs.get((shape, "gdn")), runs.get((shape, "fla-chunk"))
+        cells = [_vs(_stage_us(ours, s), _stage_us(fla, s)) for s in stages]
+        cells += [_vs(*(run and run[key] for run in (ours, fla))) for key in ("total_us", "wall_us")]
+        rows.append(f"| {shape} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+TIMING_PARTS = ("inputs_s", "impl_s", "reference_s", "invariants_s")
+
+
+def _case_time(report: dict) -> str:
+    """The sum over cases of their timing total_s, then of its parts; "rest" is the remainder
+    (comparison with the reference, the golden comparison)."""
+    sums = {k: sum(c["timing"].get(k, 0.0) for c in report["cases"]) for k in ("total_s",) + TIMING_PARTS}
+    parts = [sums[k] for k in TIMING_PARTS] + [sums["total_s"] - sum(sums[k] for k in TIMING_PARTS)]
+    return f"{sums['total_s']:.1f} ({' / '.join(f'{x:.1f}' for x in parts)})"
+
+
+def h100_shards() -> str:
+    """One selection in one process and in shard processes at once on one GPU
+    (h100/shards_one_gpu.json; the per-case timing from the two reports beside it)."""
+    d = json.loads((RESULTS / "h100" / "shards_one_gpu.json").read_text())
+    reports = {}
+    for name in ("single", "merged"):
+        with gzip.open(RESULTS / "h100" / f"shards_{name}.json.gz", "rt") as f:
+            reports[name] = json.load(f)
+    wall = d["wall_s"]
+
+    def verdict(run: dict) -> str:
+        t = run["totals"]
+        return (f"{'PASS' if run['passed'] else 'FAIL'}: {t['pass']} pass, {t['fail']} fail, {t['error']} error; "
+                f"{t['golden_equal']} of {t['cases']} bitwise equal to the goldens")
+
+    shards = sorted((k for k in wall if re.fullmatch(r"shard\d+", k)), key=lambda k: int(k[5:]))
+    shard_runs = sorted(reports["merged"]["merged_from"], key=lambda s: s["index"])
+    rows = ["| run | cases | verdict | process wall s | run wall s (report) | per-case time s, summed "
+            "(inputs / impl / reference / invariants / rest) |", "|---|---|---|---|---|---|",
+            f"| one process | {d['single']['totals']['cases']} | {verdict(d['single'])} | {wall['single']:.0f} | "
+            f"{reports['single']['wall_s']:.1f} | {_case_time(reports['single'])} |",
+            f"| {d['merged']['shards']} shard processes at once, merged | {d['merged']['totals']['cases']} | "
+            f"{verdict(d['merged'])} | {wall['shards_together']:.0f} "
+            f"(each {', '.join(f'{wall[k]:.0f}' for k in shards)}) | "
+            f"{', '.join(format(s['wall_s'], '.1f') for s in shard_runs)} | {_case_time(reports['merged'])} |",
+            f"| merged report equal to the single one | {d['cases']} | "
+            f"{'equal' if d['equal'] else str(len(d['differences'])) + ' differences'} | | | |"]
+    return "\n".join(rows) + "\n"
+
+
+GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla, "h100-stage-breakdown": h100_stage_breakdown,
+              "h100-shards": h100_shards}
+FILES = {RESULTS / "h100" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100"),
+         RESULTS / "h100" / "fla_machine2" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100" / "fla_machine2")}
 
 
 def regenerated(text: str) -> str:

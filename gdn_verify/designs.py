@@ -25,7 +25,10 @@ Gate base (`exp2=C`): the implementation multiplies the cumulative gate by C (it
 constant for 1/ln 2, rounded to the compute dtype), rounds the product as it stores g_cum, and
 exponentiates base 2. The product's rounding is a relative error of the exponent: for a
 cumulative gate of -250 about 1.5e-5 of the decay, far above float32 roundoff of the decay
-itself, so a design that scales its gates so must say so. Default: natural exp of g_cum.
+itself, so a design that scales its gates so must say so. Base-2 decays below the compute
+dtype's smallest normal (2^-126 in float32) are 0: Triton lowers exp2 to the GPU's
+ex2.approx.ftz, which flushes subnormal results (a head decayed by 2^-141 then returns a final
+state of exactly 0 where the exact one is subnormal). Default: natural exp of g_cum.
 
 Dtype words: `input` (the input dtype), `compute` (float32, or float64 for float64 inputs:
 exact mode), `float32`, `float16`, `bfloat16`. Rounding is round to nearest even (torch
@@ -90,6 +93,13 @@ class Rounding:
     stored: tuple[tuple[str, torch.dtype], ...] = ()  # quantity -> the dtype it is rounded into
     dots: str = "ieee"
     exp2: float | None = None  # the gate scale C in the compute dtype, or None: natural exp
+    ftz: float | None = None  # with exp2: the compute dtype's smallest normal; exps below it are 0
+
+    def exp(self, x: torch.Tensor) -> torch.Tensor:
+        """exp(x) as the implementation computes the decays: with exp2, results below the compute
+        dtype's smallest normal are 0, as the GPU's ex2.approx.ftz (Triton's exp2) flushes them."""
+        e = x.exp()
+        return e if self.ftz is None else e.masked_fill(e < self.ftz, 0.0)
 
     def dtype_of(self, quantity: str) -> torch.dtype | None:
         return dict(self.stored).get(quantity)
@@ -149,8 +159,9 @@ class PrecisionDesign:
         words = {"input": name, "compute": "float64" if name == "float64" else "float32"}
         exp2 = None if self.exp2 is None else torch.tensor(self.exp2, dtype=torch.float64).to(_TORCH[words["compute"]]).item()
         # float64 problems have no TF32 or bf16 tensor-core dots: their operands are never rounded.
+        ftz = None if exp2 is None else torch.finfo(_TORCH[words["compute"]]).tiny
         return Rounding(tuple((q, _TORCH[words.get(w, w)]) for q, w in self.store),
-                        "ieee" if name == "float64" else self.dots, exp2)
+                        "ieee" if name == "float64" else self.dots, exp2, ftz)
 
     def final_state_dtype(self, input_dtype) -> torch.dtype:
         """The returned final state's dtype: the contract's (float32, float64 in exact mode),

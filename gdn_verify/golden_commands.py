@@ -15,6 +15,8 @@ def cmd_golden_regen(args) -> int:
     from gdn_verify.report_tables import print_regen
     from gdn_verify.results import INTERRUPTED, STATUS_NOT_SUPPORTED, STATUS_PASS, RunOptions
 
+    from gdn_verify.autotune import autotuners, choices, implementation_package, replay
+
     if args.prune and args.shard is not None:
         # A shard's run holds only its part of the suite: pruning would remove the other shards' goldens.
         raise CLIError(f"--prune with --shard {args.shard}: a shard runs part of the suite, and --prune would "
@@ -23,8 +25,13 @@ def cmd_golden_regen(args) -> int:
     selection, cases = select_shard(args)
     impl = single_impl(args.impl, device)
     identity = implementation_identity(impl)
-    if not args.against_impl:
-        _refuse_other_implementation(args.goldens, device, identity)
+    existing = _existing_store(args.goldens, device)
+    if existing is not None and not args.against_impl:
+        _refuse_other_implementation(existing, identity)
+    # Autotuned kernels take the configs the store's goldens were made with, where it records
+    # them; the keys this run settles are recorded with its goldens (gdn_verify/autotune.py).
+    tuners = autotuners(implementation_package(impl.fn))
+    replayed = replay(tuners, existing.autotune if existing is not None else None)
     # Goldens are the outputs of passing runs only: a case that fails its reference check
     # is reported and never written. The variant audit runs too (a few calls): the store
     # records its counts, which `golden diff` compares on a later revision.
@@ -64,28 +71,37 @@ def cmd_golden_regen(args) -> int:
                            whole_suite=args.cases is None and args.max_cases is None, not_passed=not_passed,
                            skipped=[r.id for r in done if r.status == STATUS_NOT_SUPPORTED] + others,
                            max_tensor_bytes=args.max_golden_bytes, identity=identity, variant_audit=audit,
-                           other_implementation=args.against_impl)
+                           other_implementation=args.against_impl,
+                           autotune=choices(autotuners(implementation_package(impl.fn))))
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     print_regen(console, regen, f"{describe_key(identity)}: {describe_revision(identity)}", audit,
                 (len(done), len(cases), len(passing), args.prune) if interrupted else None)
+    if replayed.recorded:
+        console.print(f"autotune: {replayed.replayed} of the store's {replayed.recorded} recorded choices replayed"
+                      + "".join(f"\n  not replayed (tuned on this machine): {x}" for x in replayed.not_replayed))
     return EXIT_FAIL if regen.incomplete or interrupted else EXIT_PASS
 
 
-def _refuse_other_implementation(goldens: str, device: str, identity: dict) -> None:
-    """Before a regen runs any case: CLIError when the store for this platform under goldens
-    was written by another implementation (regenerate refuses it too, after the run)."""
-    from gdn_verify.goldens import GoldenError, GoldenStore, implementation_mismatch
+def _existing_store(goldens: str, device: str):
+    """The store for this platform under goldens (golden_read.PlatformGoldens), or None."""
+    from gdn_verify.goldens import GoldenError, GoldenStore
     from gdn_verify.platform import fingerprint
 
     try:
-        store = GoldenStore(goldens).for_platform(fingerprint(device))
+        return GoldenStore(goldens).for_platform(fingerprint(device))
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {goldens}: {exc}") from exc
-    if store is not None:
-        mismatch = implementation_mismatch(store.identity, identity, store.directory)
-        if mismatch is not None:
-            raise CLIError(f"{mismatch}; write its goldens to a store of their own (another --goldens DIR)")
+
+
+def _refuse_other_implementation(store, identity: dict) -> None:
+    """Before a regen runs any case: CLIError when the store was written by another
+    implementation (regenerate refuses it too, after the run)."""
+    from gdn_verify.goldens import implementation_mismatch
+
+    mismatch = implementation_mismatch(store.identity, identity, store.directory)
+    if mismatch is not None:
+        raise CLIError(f"{mismatch}; write its goldens to a store of their own (another --goldens DIR)")
 
 
 def cmd_golden_diff(args) -> int:

@@ -64,6 +64,7 @@ class StoreDiff:
     variants_after: dict | None  # this run's
     interrupted: bool = False
     digest_hints: list[str] = field(default_factory=list)
+    autotune: dict | None = None  # RunGoldens' summary: choices replayed from the store, keys tuned here
 
     @classmethod
     def from_run(cls, result, store_dir: str) -> "StoreDiff":
@@ -85,7 +86,7 @@ class StoreDiff:
                    store=store_dir, before=identity.get("store") or {}, after=identity.get("run") or {},
                    changed=identity.get("changed") or [], against_impl=result.goldens.get("against_impl"),
                    cases=cases, variants_before=result.goldens.get("store_variant_audit"), variants_after=audit,
-                   interrupted=result.interrupted, digest_hints=hints)
+                   interrupted=result.interrupted, digest_hints=hints, autotune=result.goldens.get("autotune"))
 
     # --- counts and verdict ----------------------------------------------------------------
 
@@ -133,6 +134,23 @@ class StoreDiff:
         return (f"compiled variants (variant audit, after the T sweep): {word(before, self.variants_before)} -> "
                 f"{word(after, self.variants_after)}")
 
+    def autotune_line(self) -> str | None:
+        """What the autotuned kernels ran with: the store's choices replayed, and keys tuned here
+        (whose cases' bits depend on this machine's timing); None without autotuned kernels."""
+        a = self.autotune or {}
+        here = a.get("tuned_here") or []
+        if not (a.get("recorded") or here):
+            return None
+        text = (f"autotuned kernels: {a.get('replayed', 0)} of {a.get('recorded', 0)} choices recorded with the "
+                "goldens replayed")
+        if a.get("not_replayed"):
+            text += f" ({len(a['not_replayed'])} not: {'; '.join(a['not_replayed'][:3])})"
+        if here:
+            keys = "; ".join(here[:3]) + (" ..." if len(here) > 3 else "")
+            text += (f"; {len(here)} key{'s' if len(here) != 1 else ''} tuned on this machine, so the bits of the "
+                     f"cases that use them depend on this machine's timing ({keys})")
+        return text
+
     def variant_rows(self) -> list[list[str]]:
         before = (self.variants_before or {}).get("after_sweep") or {}
         after = (self.variants_after or {}).get("after_sweep") or {}
@@ -161,6 +179,8 @@ class StoreDiff:
             out += md_table(["kernel", "before", "after", "change"], rows) + [""]
         if self.variants_after and self.variants_after.get("detail"):
             out += [f"Variant audit now: {self.variants_after['detail']}.", ""]
+        if self.autotune_line():
+            out += [f"{self.autotune_line()[0].upper()}{self.autotune_line()[1:]}.", ""]
         different = [(cid, d) for cid, s, d in self.cases if s == DIFFERENT]
         if different:
             out += [f"### Cases that differ ({len(different)})", ""]
@@ -188,6 +208,8 @@ class StoreDiff:
         lines += [f"  changed:  {c}" for c in self.changed]
         lines.append(f"  {self.variants_line()}")
         lines += [f"    {name}: {a} -> {b}" for name, a, b, delta in self.variant_rows() if delta]
+        if self.autotune_line():
+            lines.append(f"  {self.autotune_line()}")
         for cid, status, d in self.cases:
             if status == DIFFERENT:
                 for tensor, n, ulp, hist, first in tensor_rows(d):
@@ -202,4 +224,4 @@ class StoreDiff:
                 "headline": self.headline(), "all_equal": self.all_equal, "before": self.before, "after": self.after,
                 "changed": self.changed, "against_impl": self.against_impl,
                 "variants_before": self.variants_before, "variants_after": self.variants_after,
-                "cases": [{"case_id": cid, "status": s, "detail": d} for cid, s, d in self.cases]}
+                "autotune": self.autotune, "cases": [{"case_id": cid, "status": s, "detail": d} for cid, s, d in self.cases]}

@@ -124,6 +124,12 @@ class PlatformGoldens:
         audit = self.manifest.get("variant_audit")
         return audit if isinstance(audit, dict) else None
 
+    @property
+    def autotune(self) -> dict:
+        """The autotune choices the store's writers made (gdn_verify/autotune.py), if recorded."""
+        recorded = self.manifest.get("autotune")
+        return recorded if isinstance(recorded, dict) else {}
+
     def case_revision(self, case_id: str) -> dict | None:
         """The implementation revision that wrote case_id's golden, if recorded."""
         entry = self.manifest["cases"].get(case_id)

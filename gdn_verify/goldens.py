@@ -15,6 +15,7 @@ The manifest (sorted JSON, one line per case) is the store's table of contents:
      "implementation": {"spec", "conventions", "module", "distribution", "version",
                         "git_commit", "git_dirty", "source_digest", "source_files"},
      "variant_audit": VariantAudit.to_json() | absent,  # of the latest writer's run
+     "autotune": {kernel: {key: config}} | absent,    # autotuners' choices (gdn_verify/autotune.py)
      "cases": {case_id: {"case": case.to_dict(), "inputs_digest": str,
                          "file": name | null, "file_sha256": str | null,
                          "tensors": {name: {"sha256", "dtype", "shape", "stored": "file" | "digest",
@@ -262,6 +263,14 @@ def _identity_keys(old: dict | None, identity: dict | None, variant_audit: dict 
     return out
 
 
+def _autotune_key(old: dict | None, autotune: dict | None) -> dict:
+    """The manifest's "autotune": the old manifest's choices plus this writer's, if any."""
+    from gdn_verify.autotune import AUTOTUNE_KEY, merged
+
+    recorded = merged((old or {}).get(AUTOTUNE_KEY), autotune or {})
+    return {AUTOTUNE_KEY: recorded} if recorded else {}
+
+
 def regenerate(
     root: str | os.PathLike,
     fp: dict,
@@ -276,6 +285,7 @@ def regenerate(
     identity: dict | None = None,
     variant_audit: dict | None = None,
     other_implementation: bool = False,
+    autotune: dict | None = None,
 ) -> RegenReport:
     """Write the goldens of one run (items: (case, inputs_digest, {"o": ..., "final_state": ...}),
     the cases that passed).
@@ -296,7 +306,8 @@ def regenerate(
     by another implementation (`implementation_mismatch`), unless other_implementation, which
     writes anyway and records this one as the store's writer. None: the store's recorded
     identity stays. variant_audit: the run's compiled-variant audit (VariantAudit.to_json()), recorded
-    with the identity.
+    with the identity. autotune: the run's autotune choices (gdn_verify.autotune.choices), added to
+    those the store records.
     """
     if max_tensor_bytes is not None and (not isinstance(max_tensor_bytes, int) or max_tensor_bytes < 0):
         raise ValueError(f"max_tensor_bytes: expected None or an integer >= 0, got {max_tensor_bytes!r}")
@@ -399,6 +410,7 @@ def regenerate(
             "git_commit": fp.get("git_commit"),
             "date": now,
             **_identity_keys(old, identity, variant_audit),
+            **_autotune_key(old, autotune),
             "max_tensor_bytes": max_tensor_bytes,
             "cases": cases,
         }

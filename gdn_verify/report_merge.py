@@ -49,10 +49,20 @@ HOST_FIELDS = ("date", "device", "cpu_model", "blas_core", "threads")
 # RunOptions fields that may differ between the shards of one run.
 PER_SHARD_OPTIONS = ("repro_dir", "goldens")
 # Keys of the goldens summary that are per shard (recomputed, a path on each host, or text that
-# describes the shard's host and moment, e.g. "not comparable: ... this run: <host> on <date>").
-_PER_SHARD_GOLDENS = ("root", "compared", "ran", "detail")
+# describes the shard's host and moment, e.g. "not comparable: ... this run: <host> on <date>"), or the
+# autotune choices each process replayed and made (shard 1's are kept).
+_PER_SHARD_GOLDENS = ("root", "compared", "ran", "detail", "autotune")
 _REPORT_KEYS = ("suite", "impl", "device", "backend", "fingerprint", "goldens", "variant_audit", "cases")
 COMMANDS = ("run", "golden diff")
+
+
+def comparable(report: dict) -> dict:
+    """A JSON report (single run or merged) without what may differ between a merged and a single
+    run over the same cases: timing, the fingerprint's host fields, the merge's and shard's records."""
+    r = {k: v for k, v in report.items() if k not in ("wall_s", "merged_from", "shard")}
+    r["fingerprint"] = {k: v for k, v in r["fingerprint"].items() if k not in HOST_FIELDS}
+    r["cases"] = [{k: v for k, v in case.items() if k != "timing"} for case in r["cases"]]
+    return r
 
 
 class MergeError(ValueError):

@@ -19,7 +19,9 @@ class RunGoldens:
     With `impl`, the store must have been written by the same implementation (any revision of
     it: gdn_verify/identity.py): SetupError otherwise, unless `against_impl`, which compares
     anyway and records the fact in the summary ("against_impl"). The summary's "identity"
-    holds the store's and this run's identities and the revision fields that changed."""
+    holds the store's and this run's identities and the revision fields that changed; its
+    "autotune" what the store's autotune choices replayed here, and after `note_autotune` the
+    keys this process tuned itself (gdn_verify/autotune.py)."""
 
     def __init__(self, root: str | None, fp: dict, required: bool = False, suite: str = "SUITE",
                  impl: Adapter | None = None, against_impl: bool = False):
@@ -54,6 +56,7 @@ class RunGoldens:
             self.ids = self.platform.case_ids()
             if impl is not None:
                 self._check_identity(impl, against_impl)
+                self._replay_autotune(impl)
 
     def _check_identity(self, impl: Adapter, against_impl: bool) -> None:
         from gdn_verify.goldens import implementation_mismatch
@@ -68,6 +71,22 @@ class RunGoldens:
         self.summary["store_variant_audit"] = self.platform.variant_audit
         if mismatch is not None:
             self.summary["against_impl"] = mismatch
+
+    def _replay_autotune(self, impl: Adapter) -> None:
+        from gdn_verify.autotune import autotuners, implementation_package, replay
+
+        self._package = implementation_package(impl.fn)
+        done = replay(autotuners(self._package), self.platform.autotune)
+        self.summary["autotune"] = done.to_json()
+
+    def note_autotune(self) -> None:
+        """After the cases: record the keys this process's autotuners settled that the store does not know."""
+        if "autotune" not in self.summary:
+            return
+        from gdn_verify.autotune import autotuners, tuned_here
+
+        new = tuned_here(autotuners(self._package), self.platform.autotune)
+        self.summary["autotune"]["tuned_here"] = sorted(f"{name} {key}" for name, keys in new.items() for key in keys)
 
     def compare(self, case: Case, digest: str, outputs: dict[str, torch.Tensor]) -> GoldenResult:
         if self.summary["status"] == "not checked":

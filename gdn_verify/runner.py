@@ -207,6 +207,7 @@ def run_cases(cases: Sequence[Case], impl: Adapter, device: str, options: RunOpt
                 on_case(result, index, len(cases))
     except KeyboardInterrupt:
         interrupted = True
+    goldens.note_autotune()
     return RunResult(suite=suite, impl=impl.spec, device=device, backend=backend_of(device), fingerprint=fp,
                      cases=results, goldens=goldens.summary, variant_audit=audit,
                      wall_s=time.perf_counter() - start, interrupted=interrupted, selected=len(cases))

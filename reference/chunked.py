@@ -104,26 +104,26 @@ def chunked_gated_delta_rule(
     def gate_ratio(mask: torch.Tensor) -> torch.Tensor:
         """exp(gam_i - gam_j) where mask[i, j], else 0. Masked before exp: above the diagonal
         the difference is a sum of later gates and may overflow."""
-        return (gam[..., :, None] - gam[..., None, :]).masked_fill(~mask, -torch.inf).exp()
+        return r.exp((gam[..., :, None] - gam[..., None, :]).masked_fill(~mask, -torch.inf))
 
     A = r.store("A", beta[..., :, None] * r.dot(k, k.mT) * gate_ratio(strictly_lower))  # [N, NC, HV, C, C]
     eye = torch.eye(C, dtype=torch.float64, device=device)
     Tm = r.store("Tm", torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True))
-    W = r.store("W", r.dot(Tm, (beta * gam.exp())[..., None] * k))
+    W = r.store("W", r.dot(Tm, (beta * r.exp(gam))[..., None] * k))
     U = r.store("U", r.dot(Tm, beta[..., None] * v))
 
     # Padding has g = 0, so a chunk's last slot holds the cumulative gate of its last token.
     gam_last = gam[..., -1:]  # [N, NC, HV, 1]
-    k_decayed_to_end = (gam_last - gam).exp()[..., None] * k
+    k_decayed_to_end = r.exp(gam_last - gam)[..., None] * k
     S = r.store("state", x.state)
     h = torch.empty(p.N, NC, p.HV, p.K, p.V, dtype=torch.float64, device=device)
     v_new = torch.empty_like(U)
     for c in range(NC):
         h[:, c] = h_c = r.store("h", S)
         v_new[:, c] = r.store("v_new", U[:, c] - r.dot(W[:, c], h_c))
-        S = r.store("state", gam_last[:, c, :, :, None].exp() * S + r.dot(k_decayed_to_end[:, c].mT, v_new[:, c]))
+        S = r.store("state", r.exp(gam_last[:, c, :, :, None]) * S + r.dot(k_decayed_to_end[:, c].mT, v_new[:, c]))
 
-    o = p.scale * (gam.exp()[..., None] * r.dot(q, h) + r.dot(r.dot(q, k.mT) * gate_ratio(causal), v_new))
+    o = p.scale * (r.exp(gam)[..., None] * r.dot(q, h) + r.dot(r.dot(q, k.mT) * gate_ratio(causal), v_new))
     o = r.store("o", o)
 
     chunk_exists = torch.arange(NC, device=device) < -(-layout.lens[:, None] // C)  # [N, NC]

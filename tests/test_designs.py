@@ -125,6 +125,29 @@ def test_base2_gates_add_the_exponent_rounding_to_the_decay():
     assert natural < 2e-7 < 5e-7 < base2 < 4e-6, (natural, base2)
 
 
+def test_base2_decays_below_the_smallest_normal_are_flushed_to_zero():
+    """An initial state decayed by exp(-98) = 2^-141 alone (beta = 0): exact, a float32
+    subnormal; with exp2 declared, 0, as the GPU's ex2.approx.ftz gives it. A decay of exp(-80)
+    = 2^-115 stays (normal), so only the flushed head is 0."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 2, 16, generator=gen) for _ in range(3))
+    g = torch.tensor([[[-49.0, -40.0], [-49.0, -40.0]]])  # g_cum -98 on head 0, -80 on head 1
+    beta = torch.zeros(1, 2, 2)
+    h0 = torch.randn(1, 2, 16, 16, generator=gen)
+
+    def final_state(design):
+        return chunked_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                        design=design)[1]
+
+    exact = chunked_gated_delta_rule(*(t.double() for t in (q, k, v, g, beta)), initial_state=h0.double(),
+                                     output_final_state=True)[1]
+    assert (exact[:, 0].abs() < torch.finfo(torch.float32).tiny).all() and (exact[:, 0] != 0).all()
+    base2 = final_state(PrecisionDesign("e2", FLA.store, "ieee", exp2=FLA.exp2))
+    assert (base2[:, 0] == 0).all() and (base2[:, 1] != 0).all()
+    natural = final_state(PrecisionDesign("e", FLA.store, "ieee"))  # natural exp: subnormals kept
+    assert (natural[:, 0] != 0).float().mean() > 0.9
+
+
 def _reference(case, design):
     inputs = make_inputs(case)
     return chunked_gated_delta_rule(inputs["q"], inputs["k"], inputs["v"], inputs["g"], inputs["beta"],

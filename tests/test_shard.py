@@ -37,7 +37,7 @@ from gdn_verify.render import to_json_text
 from gdn_verify.report import markdown as run_markdown
 from gdn_verify.report_json import run_result_from_json, shard_report
 from gdn_verify.report_junit import junit_xml
-from gdn_verify.report_merge import HOST_FIELDS, MergeError, load_report, merge_files, merge_reports
+from gdn_verify.report_merge import MergeError, comparable, load_report, merge_files, merge_reports
 from gdn_verify.results import RunOptions
 from gdn_verify.shard import (Shard, assign, parse_shard, selection_digest, shard_argument, shard_cases,
                               shard_metadata, split)
@@ -206,18 +206,6 @@ def scenarios(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-def _comparable(report: dict) -> dict:
-    """A report without what may differ between a merged and a single run: timing, host fields of
-    the fingerprint, the merge's own record."""
-    r = copy.deepcopy(report)
-    for key in ("wall_s", "merged_from", "shard"):
-        r.pop(key, None)
-    r["fingerprint"] = {k: v for k, v in r["fingerprint"].items() if k not in HOST_FIELDS}
-    for case in r["cases"]:
-        case.pop("timing")
-    return r
-
-
 def _md_comparable(text: str) -> str:
     text = re.sub(r"; \d+\.\d s\*\*", "; <wall> s**", text)  # the verdict's wall time
     return re.sub(r" on \d{4}-\d\d-\d\dT[\d:+]+", " on <date>", text)  # the fingerprint's date
@@ -230,7 +218,7 @@ def test_merged_shards_are_the_single_run(scenarios, name, code, tmp_path):
     merged = merge_files(reversed(s.shard_paths))  # any order
     single = json.loads(s.single_json.read_text())
     out = merged.run_json()
-    assert _comparable(out) == _comparable(single)
+    assert comparable(out) == comparable(single)
     assert [c["id"] for c in out["cases"]] == [c["id"] for c in single["cases"]]
     assert out["totals"] == single["totals"] and out["passed"] == single["passed"]
     assert merged.exit_code() == code
@@ -240,7 +228,7 @@ def test_merged_shards_are_the_single_run(scenarios, name, code, tmp_path):
     # The command: same exit code, the three reports written.
     paths = [tmp_path / f"merged.{ext}" for ext in ("json", "md", "xml")]
     assert _merge(*s.shard_paths, "--json", paths[0], "--markdown", paths[1], "--junit", paths[2]) == code
-    assert _comparable(json.loads(paths[0].read_text())) == _comparable(single)
+    assert comparable(json.loads(paths[0].read_text())) == comparable(single)
     assert _md_comparable(paths[1].read_text()) == _md_comparable(s.single_md.read_text())
     suite_el = ET.parse(paths[2]).getroot().find("testsuite")
     t = single["totals"]
@@ -255,7 +243,7 @@ def test_one_shard_of_one_is_the_run_itself(scenarios):
     data = shard_report(run_result_from_json(single), shard_metadata(SMOKE, Shard(1, 1), "run", RunOptions()))
     assert list(data)[-2:] == ["shard", "cases"]
     merged = merge_reports([data])
-    assert _comparable(merged.run_json()) == _comparable(single) and merged.result.wall_s == single["wall_s"]
+    assert comparable(merged.run_json()) == comparable(single) and merged.result.wall_s == single["wall_s"]
 
 
 def test_mixed_scenario_is_what_it_claims(scenarios):
@@ -552,7 +540,7 @@ def test_concurrent_shard_writers_equal_one_writer(tmp_path):
     merged_json, junit = tmp_path / "merged.json", tmp_path / "merged.xml"
     assert _merge(*reports, "--json", merged_json, "--junit", junit) == 0
     single_run, merged = json.loads((tmp_path / "run.json").read_text()), json.loads(merged_json.read_text())
-    assert _comparable(merged) == _comparable(single_run)
+    assert comparable(merged) == comparable(single_run)
     assert merged["passed"] and merged["totals"]["golden_equal"] == 4
     assert [tc.get("name") for tc in ET.parse(junit).getroot().iter("testcase")] == [
         c.id for c in select(CPU, RUN_PATTERN)]

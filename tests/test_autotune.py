@@ -1,0 +1,106 @@
+"""Autotuned kernels' choices recorded with goldens and replayed against them (gdn_verify/autotune.py).
+
+tests/autotuned_double.py holds an autotuned Triton kernel whose two configs give other float32
+bits, and an implementation whose o depends on them. The interpreter cannot time configs, so a
+test settles each "machine's" choice by hand in the autotuner's cache, as autotuning would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import autotuned_double as double
+import pytest
+
+from gdn_verify import cli
+from gdn_verify.autotune import autotuners, choices, config_json, key_text, merged, replay, tuned_here
+
+NAME = "autotuned_double.block_sum"
+TUNER = double.block_sum
+SMALL, LARGE = TUNER.configs  # BLOCK 8, BLOCK 32
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    TUNER.cache.clear()
+    yield
+    TUNER.cache.clear()
+
+
+def bits(t) -> str:
+    return t.item().hex()
+
+
+def test_choices_are_found_recorded_and_replayed():
+    tuners = autotuners("autotuned_double")
+    assert tuners == {NAME: TUNER}
+    TUNER.cache[double.KEY] = LARGE  # this machine's autotuning chose BLOCK 32
+    recorded = choices(tuners)
+    assert recorded == {NAME: {key_text(double.KEY): config_json(LARGE)}}
+    assert json.loads(json.dumps(recorded)) == recorded  # what the manifest stores
+    large = bits(double.summed(double.numbers()))
+
+    TUNER.cache[double.KEY] = SMALL  # another machine chose BLOCK 8: other bits
+    assert bits(double.summed(double.numbers())) != large
+    done = replay(tuners, recorded)
+    assert (done.recorded, done.replayed, done.not_replayed) == (1, 1, [])
+    assert TUNER.cache[double.KEY] is LARGE
+    assert bits(double.summed(double.numbers())) == large
+    assert tuned_here(tuners, recorded) == {}
+
+    other_key = (7, "torch.float32", "torch.float32")
+    TUNER.cache[other_key] = SMALL
+    assert tuned_here(tuners, recorded) == {NAME: {key_text(other_key): config_json(SMALL)}}
+
+
+def test_what_cannot_be_replayed_is_reported_and_left_alone():
+    recorded = {"gone.kernel": {key_text(double.KEY): config_json(LARGE)},
+                NAME: {key_text(double.KEY): {**config_json(LARGE), "num_warps": 16}}}
+    done = replay(autotuners("autotuned_double"), recorded)
+    assert (done.recorded, done.replayed) == (2, 0)
+    assert ["kernel not found" in x for x in done.not_replayed] == [True, False]
+    assert "no longer among the kernel's configs" in done.not_replayed[1]
+    assert TUNER.cache == {}
+
+
+def test_a_writer_adds_keys_and_keeps_recorded_choices():
+    a, b = key_text((1,)), key_text((2,))
+    old = {NAME: {a: config_json(SMALL)}}
+    assert merged(old, {NAME: {a: config_json(LARGE), b: config_json(LARGE)}}) == {
+        NAME: {a: config_json(SMALL), b: config_json(LARGE)}}
+    assert merged(None, {}) == {}
+
+
+def _cli(*args) -> int:
+    return cli.main([*args, "--suite", "smoke", "--cases", "^dense-b1-t1-h1x1-d16-f32$", "--device", "cpu",
+                     "--no-audit", "--impl", "autotuned_double:tuned_reference"])
+
+
+def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(tmp_path, capsys):
+    store = tmp_path / "goldens"
+    TUNER.cache[double.KEY] = LARGE
+    assert _cli("golden", "regen", "--goldens", str(store)) == 0
+    (manifest_path,) = store.glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["autotune"] == {NAME: {key_text(double.KEY): config_json(LARGE)}}
+
+    # Another machine, whose autotuning chose BLOCK 8: the recorded choice is replayed, bits equal.
+    TUNER.cache.clear()
+    TUNER.cache[double.KEY] = SMALL
+    report = tmp_path / "diff.json"
+    assert _cli("golden", "diff", "--goldens", str(store), "--json", str(report)) == 0
+    proof = json.loads(report.read_text())
+    assert proof["all_equal"] and proof["autotune"]["replayed"] == 1 and proof["autotune"]["tuned_here"] == []
+
+    # The same, from a store that did not record the choice: BLOCK 8 runs, o differs, and the
+    # report names the key tuned on this machine.
+    del manifest["autotune"]
+    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    TUNER.cache.clear()
+    TUNER.cache[double.KEY] = SMALL
+    capsys.readouterr()
+    assert _cli("golden", "diff", "--goldens", str(store), "--json", str(report)) == 1
+    proof = json.loads(report.read_text())
+    assert [c["status"] for c in proof["cases"]] == ["different"]
+    assert proof["autotune"]["tuned_here"] == [f"{NAME} {key_text(double.KEY)}"]
+    assert "1 key tuned on this machine" in capsys.readouterr().out
