@@ -89,6 +89,14 @@ def merged(old: dict | None, new: dict) -> dict:
     return {name: dict(sorted(entries.items())) for name, entries in sorted(out.items())}
 
 
+def conflicts(old: dict | None, new: dict) -> list[str]:
+    """The keys a writer settled otherwise than the store records: shards that started on a store
+    without the key, tuned side by side and chose differently (the record keeps the first)."""
+    return [f"{name} {key}: recorded {(old or {})[name][key]}, this run {config}"
+            for name, entries in sorted(new.items()) for key, config in sorted(entries.items())
+            if key in (old or {}).get(name, {}) and old[name][key] != config]
+
+
 @dataclass
 class Replay:
     """What `replay` put back: choices replayed, and those it could not (kernel not found in this
@@ -124,3 +132,22 @@ def tuned_here(tuners: dict[str, object], recorded: dict | None) -> dict[str, di
     """The choices this process made for keys the store does not record."""
     return {name: new for name, entries in choices(tuners).items()
             if (new := {k: v for k, v in entries.items() if k not in (recorded or {}).get(name, {})})}
+
+
+def describe(summary: dict | None) -> str | None:
+    """A run's autotune summary (RunGoldens: choices replayed from the store, keys tuned here)
+    in words, naming the keys whose cases' bits depend on this machine's timing; None where no
+    autotuned kernel took part."""
+    a = summary or {}
+    here = a.get("tuned_here") or []
+    if not (a.get("recorded") or here):
+        return None
+    text = (f"autotuned kernels: {a.get('replayed', 0)} of {a.get('recorded', 0)} choices recorded with the "
+            "goldens replayed")
+    if a.get("not_replayed"):
+        text += f" ({len(a['not_replayed'])} not: {'; '.join(a['not_replayed'][:3])})"
+    if here:
+        keys = "; ".join(here[:3]) + (" ..." if len(here) > 3 else "")
+        text += (f"; {len(here)} key{'s' if len(here) != 1 else ''} tuned on this machine, so the bits of the "
+                 f"cases that use them depend on this machine's timing ({keys})")
+    return text

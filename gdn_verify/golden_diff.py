@@ -201,7 +201,9 @@ class RegenReport:
     must not count as a successful regeneration. prune_refused: why a requested prune did not
     run (None when it ran or was not requested). deleted: the names of the files removed from
     the store's directory, every one (files the replaced manifest named and the new one does
-    not, and what an interrupted writer left).
+    not, and what an interrupted writer left). autotune_conflicts: keys this writer's autotuners
+    settled otherwise than the store records (its goldens of the cases using them may follow
+    another config than the record's).
     """
 
     platform_key: str
@@ -222,6 +224,7 @@ class RegenReport:
     not_written: list[tuple[str, str]] = field(default_factory=list)
     prune_refused: str | None = None
     deleted: list[str] = field(default_factory=list)
+    autotune_conflicts: list[str] = field(default_factory=list)  # gdn_verify.autotune.conflicts
 
     @property
     def kept_but_different(self) -> list[CaseChange]:
@@ -253,6 +256,7 @@ class RegenReport:
             "not_written": [{"case_id": case_id, "reason": reason} for case_id, reason in self.not_written],
             "prune_refused": self.prune_refused,
             "deleted": self.deleted,
+            "autotune_conflicts": self.autotune_conflicts,
         }
 
     def rows(self) -> list[tuple[str, str, str]]:

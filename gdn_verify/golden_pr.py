@@ -135,21 +135,9 @@ class StoreDiff:
                 f"{word(after, self.variants_after)}")
 
     def autotune_line(self) -> str | None:
-        """What the autotuned kernels ran with: the store's choices replayed, and keys tuned here
-        (whose cases' bits depend on this machine's timing); None without autotuned kernels."""
-        a = self.autotune or {}
-        here = a.get("tuned_here") or []
-        if not (a.get("recorded") or here):
-            return None
-        text = (f"autotuned kernels: {a.get('replayed', 0)} of {a.get('recorded', 0)} choices recorded with the "
-                "goldens replayed")
-        if a.get("not_replayed"):
-            text += f" ({len(a['not_replayed'])} not: {'; '.join(a['not_replayed'][:3])})"
-        if here:
-            keys = "; ".join(here[:3]) + (" ..." if len(here) > 3 else "")
-            text += (f"; {len(here)} key{'s' if len(here) != 1 else ''} tuned on this machine, so the bits of the "
-                     f"cases that use them depend on this machine's timing ({keys})")
-        return text
+        from gdn_verify.autotune import describe
+
+        return describe(self.autotune)
 
     def variant_rows(self) -> list[list[str]]:
         before = (self.variants_before or {}).get("after_sweep") or {}
@@ -224,4 +212,5 @@ class StoreDiff:
                 "headline": self.headline(), "all_equal": self.all_equal, "before": self.before, "after": self.after,
                 "changed": self.changed, "against_impl": self.against_impl,
                 "variants_before": self.variants_before, "variants_after": self.variants_after,
-                "autotune": self.autotune, "cases": [{"case_id": cid, "status": s, "detail": d} for cid, s, d in self.cases]}
+                "autotune": self.autotune,
+                "cases": [{"case_id": cid, "status": s, "detail": d} for cid, s, d in self.cases]}

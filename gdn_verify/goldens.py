@@ -76,6 +76,8 @@ import torch
 from safetensors.torch import load as load_safetensors  # noqa: F401 - re-exported
 from safetensors.torch import save as save_safetensors
 
+from gdn_verify.autotune import AUTOTUNE_KEY, merged
+from gdn_verify.autotune import conflicts as autotune_conflicts
 from gdn_verify.bitwise import BitDiff  # noqa: F401 - re-exported
 from gdn_verify.files import fsync_dir
 from gdn_verify.golden_diff import (  # noqa: F401 - re-exported: callers import these from here
@@ -265,8 +267,6 @@ def _identity_keys(old: dict | None, identity: dict | None, variant_audit: dict 
 
 def _autotune_key(old: dict | None, autotune: dict | None) -> dict:
     """The manifest's "autotune": the old manifest's choices plus this writer's, if any."""
-    from gdn_verify.autotune import AUTOTUNE_KEY, merged
-
     recorded = merged((old or {}).get(AUTOTUNE_KEY), autotune or {})
     return {AUTOTUNE_KEY: recorded} if recorded else {}
 
@@ -324,6 +324,7 @@ def regenerate(
             max_tensor_bytes = default_max_tensor_bytes(fp) if old is None else old["max_tensor_bytes"]
         report = RegenReport(platform_key=key, directory=directory, force=force, max_tensor_bytes=max_tensor_bytes,
                              not_written=not_written)
+        report.autotune_conflicts = autotune_conflicts((old or {}).get(AUTOTUNE_KEY), autotune or {})
         _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
@@ -390,7 +391,8 @@ def regenerate(
         stored_as = [meta["stored"] for entry in cases.values() for meta in entry["tensors"].values()]
         report.n_tensors, report.n_digest_only = len(stored_as), stored_as.count(STORED_DIGEST)
 
-        if old is not None and not rewritten and not report.pruned and max_tensor_bytes == old["max_tensor_bytes"]:
+        if (old is not None and not rewritten and not report.pruned and max_tensor_bytes == old["max_tensor_bytes"]
+                and _autotune_key(old, autotune) == _autotune_key(old, None)):
             # Nothing changed: the manifest (and its dates) stay as they are.
             return report
         if pending:

@@ -13,6 +13,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
+from gdn_verify.autotune import describe as describe_autotune
 from gdn_verify.files import write_atomic
 from gdn_verify.render import (audit_word, digest_only_hints, fmt, md_table, not_passing, not_supported_reasons,
                                worst_per_dtype)
@@ -170,6 +171,9 @@ def markdown(result: RunResult) -> str:
         out += md_table(["kernel", "variants after T = 64", "after the sweep"],
                          [[k, str(audit.after_t64.get(k, 0)), str(n)] for k, n in audit.after_sweep.items()])
         out.append("")
+    tuned = describe_autotune(result.goldens.get("autotune"))
+    if tuned:
+        out += [f"{tuned[0].upper()}{tuned[1:]}.", ""]
     if result.goldens.get("status") == "not comparable":
         out += ["### Goldens", "", "No bitwise comparison took place: no golden store for this platform.", "",
                 "```", result.goldens["detail"], "```", ""]
@@ -220,6 +224,8 @@ def print_summary(result: RunResult, console: Console) -> None:
                       f"{result.variant_audit.detail} {result.variant_audit.after_sweep}", markup=False)
     for reason, n, first in not_supported_reasons(result.cases):
         console.print(f"not supported ({n} cases, first {first}): {reason}", markup=False, highlight=False)
+    if describe_autotune(result.goldens.get("autotune")):
+        console.print(describe_autotune(result.goldens.get("autotune")), markup=False, highlight=False)
     if result.goldens.get("status") == "not comparable":
         console.print(result.goldens["detail"], markup=False, highlight=False)
     console.print(verdict(result), markup=False, highlight=False)

@@ -13,7 +13,7 @@ import autotuned_double as double
 import pytest
 
 from gdn_verify import cli
-from gdn_verify.autotune import autotuners, choices, config_json, key_text, merged, replay, tuned_here
+from gdn_verify.autotune import autotuners, choices, config_json, conflicts, key_text, merged, replay, tuned_here
 
 NAME = "autotuned_double.block_sum"
 TUNER = double.block_sum
@@ -69,11 +69,14 @@ def test_a_writer_adds_keys_and_keeps_recorded_choices():
     assert merged(old, {NAME: {a: config_json(LARGE), b: config_json(LARGE)}}) == {
         NAME: {a: config_json(SMALL), b: config_json(LARGE)}}
     assert merged(None, {}) == {}
+    assert conflicts(old, {NAME: {a: config_json(LARGE), b: config_json(LARGE)}}) == [
+        f"{NAME} {a}: recorded {config_json(SMALL)}, this run {config_json(LARGE)}"]
+    assert conflicts(old, {NAME: {a: config_json(SMALL)}}) == conflicts(None, {NAME: {a: config_json(LARGE)}}) == []
 
 
-def _cli(*args) -> int:
-    return cli.main([*args, "--suite", "smoke", "--cases", "^dense-b1-t1-h1x1-d16-f32$", "--device", "cpu",
-                     "--no-audit", "--impl", "autotuned_double:tuned_reference"])
+def _cli(*args, cases="^dense-b1-t1-h1x1-d16-f32$") -> int:
+    return cli.main([*args, "--suite", "smoke", "--cases", cases, "--device", "cpu", "--no-audit",
+                     "--impl", "autotuned_double:tuned_reference"])
 
 
 def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(tmp_path, capsys):
@@ -104,3 +107,56 @@ def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(t
     assert [c["status"] for c in proof["cases"]] == ["different"]
     assert proof["autotune"]["tuned_here"] == [f"{NAME} {key_text(double.KEY)}"]
     assert "1 key tuned on this machine" in capsys.readouterr().out
+    # A run against the store says the same in its reports.
+    TUNER.cache.clear()
+    TUNER.cache[double.KEY] = SMALL
+    md = tmp_path / "run.md"
+    assert _cli("run", "--goldens", str(store), "--markdown", str(md)) == 1
+    assert "1 key tuned on this machine" in md.read_text() and "1 key tuned" in capsys.readouterr().out
+
+
+def test_a_store_older_than_the_record_starts_one_only_when_its_goldens_are_rewritten(tmp_path, capsys):
+    store = tmp_path / "goldens"
+    TUNER.cache[double.KEY] = LARGE
+    assert _cli("golden", "regen", "--goldens", str(store)) == 0
+    (manifest_path,) = store.glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["autotune"]  # as written before stores recorded autotune choices
+    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+
+    # Adding a case records nothing: the old golden may have been made with another choice.
+    capsys.readouterr()
+    assert _cli("golden", "regen", "--goldens", str(store), cases="^dense-b1-t1-h1x1-d16-f32$|^dense-b2-t65") == 0
+    assert "predate autotune records" in capsys.readouterr().err
+    assert "autotune" not in json.loads(manifest_path.read_text())
+    # --force rewrites what differs, and the record starts.
+    assert _cli("golden", "regen", "--goldens", str(store), "--force") == 0
+    assert json.loads(manifest_path.read_text())["autotune"] == {NAME: {key_text(double.KEY): config_json(LARGE)}}
+
+
+def test_a_writer_that_chose_otherwise_than_the_record_fails_and_says_so(tmp_path, capsys):
+    """Shards that start on a store without the key tune side by side and may choose differently."""
+    store = tmp_path / "goldens"
+    TUNER.cache[double.KEY] = LARGE
+    assert _cli("golden", "regen", "--goldens", str(store)) == 0
+    (manifest_path,) = store.glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["autotune"][NAME][key_text(double.KEY)] = config_json(SMALL)  # the other shard's choice
+    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    TUNER.cache.clear()
+    capsys.readouterr()
+    # This writer replays SMALL, so to show a conflict its autotuner must settle LARGE after the
+    # replay: a case of another key would; here the replay is undone by hand in the impl's call.
+    original = double.summed
+
+    def retuned(x):
+        TUNER.cache[double.KEY] = LARGE
+        return original(x)
+
+    double.summed = retuned
+    try:
+        assert _cli("golden", "regen", "--goldens", str(store), cases="^dense-b2-t65") == 1
+    finally:
+        double.summed = original
+    assert "autotune conflict" in capsys.readouterr().out
+    assert json.loads(manifest_path.read_text())["autotune"][NAME][key_text(double.KEY)] == config_json(SMALL)
