@@ -37,8 +37,8 @@ def implementation_package(fn) -> str | None:
 
 
 def autotuners(package: str | None) -> dict[str, object]:
-    """'module.name' -> each triton.autotune kernel with more than one config, in the modules of
-    `package` imported so far."""
+    """'module.function' (where the kernel is defined) -> each triton.autotune kernel with more
+    than one config found in the modules of `package` imported so far."""
     if not package:
         return {}
     try:
@@ -49,9 +49,11 @@ def autotuners(package: str | None) -> dict[str, object]:
     for module_name, module in list(sys.modules.items()):
         if module is None or not (module_name == package or module_name.startswith(package + ".")):
             continue
-        for attr, value in list(vars(module).items()):
+        for value in list(vars(module).values()):
             if isinstance(value, kind) and len(value.configs) > 1:
-                found.setdefault(f"{module_name}.{attr}", value)
+                # Named where it is defined: a kernel imported into other modules is one kernel.
+                fn = value.base_fn
+                found.setdefault(f"{fn.__module__}.{fn.__qualname__}", value)
     return dict(sorted(found.items()))
 
 

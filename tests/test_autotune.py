@@ -79,17 +79,33 @@ def _cli(*args, cases="^dense-b1-t1-h1x1-d16-f32$") -> int:
                      "--impl", "autotuned_double:tuned_reference"])
 
 
-def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(tmp_path, capsys):
+def _machine(config) -> None:
+    """A process whose autotuning settled `config` for KEY."""
+    TUNER.cache.clear()
+    TUNER.cache[double.KEY] = config
+
+
+def _store(tmp_path):
+    """(store, its manifest's path): goldens written where autotuning chose BLOCK 32."""
     store = tmp_path / "goldens"
-    TUNER.cache[double.KEY] = LARGE
+    _machine(LARGE)
     assert _cli("golden", "regen", "--goldens", str(store)) == 0
     (manifest_path,) = store.glob("*/manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["autotune"] == {NAME: {key_text(double.KEY): config_json(LARGE)}}
+    return store, manifest_path
+
+
+def _edit_manifest(path, edit) -> None:
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+
+
+def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(tmp_path, capsys):
+    store, manifest_path = _store(tmp_path)
+    assert json.loads(manifest_path.read_text())["autotune"] == {NAME: {key_text(double.KEY): config_json(LARGE)}}
 
     # Another machine, whose autotuning chose BLOCK 8: the recorded choice is replayed, bits equal.
-    TUNER.cache.clear()
-    TUNER.cache[double.KEY] = SMALL
+    _machine(SMALL)
     report = tmp_path / "diff.json"
     assert _cli("golden", "diff", "--goldens", str(store), "--json", str(report)) == 0
     proof = json.loads(report.read_text())
@@ -97,10 +113,8 @@ def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(t
 
     # The same, from a store that did not record the choice: BLOCK 8 runs, o differs, and the
     # report names the key tuned on this machine.
-    del manifest["autotune"]
-    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
-    TUNER.cache.clear()
-    TUNER.cache[double.KEY] = SMALL
+    _edit_manifest(manifest_path, lambda m: m.pop("autotune"))
+    _machine(SMALL)
     capsys.readouterr()
     assert _cli("golden", "diff", "--goldens", str(store), "--json", str(report)) == 1
     proof = json.loads(report.read_text())
@@ -108,21 +122,15 @@ def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(t
     assert proof["autotune"]["tuned_here"] == [f"{NAME} {key_text(double.KEY)}"]
     assert "1 key tuned on this machine" in capsys.readouterr().out
     # A run against the store says the same in its reports.
-    TUNER.cache.clear()
-    TUNER.cache[double.KEY] = SMALL
+    _machine(SMALL)
     md = tmp_path / "run.md"
     assert _cli("run", "--goldens", str(store), "--markdown", str(md)) == 1
     assert "1 key tuned on this machine" in md.read_text() and "1 key tuned" in capsys.readouterr().out
 
 
 def test_a_store_older_than_the_record_starts_one_only_when_its_goldens_are_rewritten(tmp_path, capsys):
-    store = tmp_path / "goldens"
-    TUNER.cache[double.KEY] = LARGE
-    assert _cli("golden", "regen", "--goldens", str(store)) == 0
-    (manifest_path,) = store.glob("*/manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["autotune"]  # as written before stores recorded autotune choices
-    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    store, manifest_path = _store(tmp_path)
+    _edit_manifest(manifest_path, lambda m: m.pop("autotune"))  # as written before stores recorded them
 
     # Adding a case records nothing: the old golden may have been made with another choice.
     capsys.readouterr()
@@ -136,13 +144,9 @@ def test_a_store_older_than_the_record_starts_one_only_when_its_goldens_are_rewr
 
 def test_a_writer_that_chose_otherwise_than_the_record_fails_and_says_so(tmp_path, capsys):
     """Shards that start on a store without the key tune side by side and may choose differently."""
-    store = tmp_path / "goldens"
-    TUNER.cache[double.KEY] = LARGE
-    assert _cli("golden", "regen", "--goldens", str(store)) == 0
-    (manifest_path,) = store.glob("*/manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    manifest["autotune"][NAME][key_text(double.KEY)] = config_json(SMALL)  # the other shard's choice
-    manifest_path.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    store, manifest_path = _store(tmp_path)
+    _edit_manifest(manifest_path, lambda m: m["autotune"][NAME].update(
+        {key_text(double.KEY): config_json(SMALL)}))  # the other shard's choice
     TUNER.cache.clear()
     capsys.readouterr()
     # This writer replays SMALL, so to show a conflict its autotuner must settle LARGE after the
