@@ -48,6 +48,7 @@ from typing import Callable, Iterable
 from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_DTYPE, BENCH_MODEL
 from gdn_verify.contract import CHUNK_SIZE
 from gdn_verify.files import write_atomic
+from gdn_verify.kernels.chunk_map import chunk_count
 from gdn_verify.render import md_table
 
 IMPLS = ("gdn", "fla-chunk")
@@ -105,10 +106,6 @@ CLASSIFIERS: dict[str, Callable[[str], str]] = {"gdn": our_stage, "fla-chunk": f
 def shape_name(case) -> str:
     """The --shapes name of a benchmark case: T<tokens> for one dense sequence, or packed."""
     return "packed" if case.layout == "varlen" else f"T{case.T}"
-
-
-def chunk_count(seq_lens: Iterable[int]) -> int:
-    return sum(-(-n // CHUNK_SIZE) for n in seq_lens)
 
 
 def our_stage_bytes(d: dict) -> dict[str, int]:
