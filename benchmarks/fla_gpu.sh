@@ -17,6 +17,10 @@
 #                                          #  in a copy of the package: `golden diff` exit 1; then
 #                                          #  `mutate --mutants mutants/fla.toml`: all caught
 #   bash benchmarks/fla_gpu.sh ours        # our kernels: goldens of gpu cases their stores lack
+#   bash benchmarks/fla_gpu.sh record      # `golden regen --force` in one process: rewrites the
+#                                          #  goldens this machine's bits differ from and records
+#                                          #  the autotune choices (gdn_verify/autotune.py); after
+#                                          #  calibrate, on the same machine (its Triton cache warm)
 #   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
@@ -115,6 +119,14 @@ PY
   tar czf "$FINAL/fla_change.tgz" -C "$WORK" logs one_line_change.md one_line_change.json \
     one_line_change_full_tensors.md one_line_change_full_tensors.json fla_mutants.json; }
 
+phase_record() {
+  # One process, so each autotune key is tuned once and the record holds the choice every golden
+  # was made with (shards tuning side by side may choose differently: an autotune conflict). A
+  # run stopped by the limit still writes and records what it did; run the phase again to go on.
+  step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --goldens "$STORE" --force
+  tar czf "$FINAL/fla_store.tgz" "$STORE"
+  tar czf "$FINAL/fla_record_logs.tgz" -C "$WORK" logs; }
+
 phase_ours() {
   # Our kernels: the gpu-suite cases whose goldens their stores lack (new cases).
   for spec in "gdn goldens" "gdn-recurrent goldens/gdn-recurrent"; do
@@ -126,8 +138,8 @@ phase_ours() {
   tar czf "$FINAL/our_stores.tgz" goldens/cuda* goldens/gdn-recurrent; }
 
 case "$PHASE" in
-calibrate|diff|change|ours) "phase_$PHASE" ;;
+calibrate|diff|change|ours|record) "phase_$PHASE" ;;
 proof) phase_diff; phase_change; phase_ours ;;
-*) echo "usage: $0 calibrate|diff|change|ours|proof" >&2; exit 2 ;;
+*) echo "usage: $0 calibrate|diff|change|ours|record|proof" >&2; exit 2 ;;
 esac
 ls -la "$FINAL"

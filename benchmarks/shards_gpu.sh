@@ -6,7 +6,9 @@
 # case), so neither wall time includes compiling. Results land under $OUT as one archive.
 #
 #   OUT=out/shards bash benchmarks/shards_gpu.sh            # the gpu suite's bfloat16 cases, 4 shards
-#   SHARD_CASES=. SHARDS=4 bash benchmarks/shards_gpu.sh    # the whole suite (about 20 min single)
+#   SHARD_CASES=. SHARDS=4 bash benchmarks/shards_gpu.sh    # the whole suite
+#   SHARD_THREADS=4 bash benchmarks/shards_gpu.sh           # each shard with 4 CPU threads (torch's
+#                                                           #  default is every core, in each process)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-out/shards}
@@ -36,7 +38,8 @@ echo "$?" > "$WORK/single.exit"; SINGLE_S=$((SECONDS - s))
 s=$SECONDS
 t=$(limit 240)
 for i in $(seq "$N"); do
-  ( b=$SECONDS; timeout -k 10 "$t" python3 -m gdn_verify run "${SEL[@]}" --shard "$i/$N" \
+  ( b=$SECONDS; [ -n "${SHARD_THREADS:-}" ] && export OMP_NUM_THREADS=$SHARD_THREADS
+    timeout -k 10 "$t" python3 -m gdn_verify run "${SEL[@]}" --shard "$i/$N" \
       --json "$WORK/shard$i.json" > "$LOGS/shard$i.log" 2>&1
     echo "$? $((SECONDS - b))" > "$WORK/shard$i.exit" ) &
 done
