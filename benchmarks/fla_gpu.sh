@@ -30,17 +30,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:-}
-FINAL=${OUT:-out/fla}
-WORK=$(mktemp -d)
-LOGS=$WORK/logs
-mkdir -p "$FINAL" "$LOGS"
-DEADLINE=$((SECONDS + ${FLA_BUDGET_S:-540}))
+source benchmarks/gpu_steps.sh  # workspace, limit, step
+workspace out/fla "${FLA_BUDGET_S:-540}"
 P=${FLA_PARALLEL:-12}
 STORE=goldens/fla-chunk
 DTYPES=bfloat16,float16,float32
 MUTANT_CASES='h4x8-d128-bf16'
 
-source benchmarks/gpu_steps.sh  # limit, step
 shard_files() {  # dir, gpu_shards.py args...: one file per shard regex
   local dir=$1; shift; mkdir -p "$dir"
   python3 benchmarks/gpu_shards.py "$@" | split -l 1 -a 3 -d - "$dir/s"; ls "$dir"/s* 2>/dev/null; }

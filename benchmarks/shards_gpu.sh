@@ -11,17 +11,13 @@
 #                                                           #  default is every core, in each process)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-FINAL=${OUT:-out/shards}
-WORK=$(mktemp -d)
-LOGS=$WORK/logs
-mkdir -p "$FINAL" "$LOGS"
-DEADLINE=$((SECONDS + ${SHARDS_BUDGET_S:-540}))
+source benchmarks/gpu_steps.sh  # workspace, limit, step
+workspace out/shards "${SHARDS_BUDGET_S:-540}"
 N=${SHARDS:-4}
 CASES=${SHARD_CASES:-bf16}
 IMPL=${SHARD_IMPL:-gdn}
 SUITE=${SHARD_SUITE:-gpu}
 DEVICE=${SHARD_DEVICE:-cuda}  # cpu (with TRITON_INTERPRET=1) tries the script out
-source benchmarks/gpu_steps.sh  # limit, step
 
 [ "$DEVICE" = cpu ] || unset TRITON_INTERPRET
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 2

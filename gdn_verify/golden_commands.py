@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from gdn_verify.cli_common import (EXIT_FAIL, EXIT_PASS, EXIT_SETUP, CLIError, missing_goldens, resolve_device,
                                    run_with_progress, select_shard, shard_meta, single_impl, stop_on_signals,
@@ -67,21 +66,13 @@ def cmd_golden_regen(args) -> int:
     # selected but not run here: skipped, so that their goldens never count as unused.
     mine = {c.id for c in cases}
     others = [c.id for c in selection if c.id not in mine]
-    # A store whose goldens predate autotune records may hold goldens made with other choices than
-    # this run's: its record starts only when every golden may follow it (a new store, --force).
-    made = choices(autotuners(implementation_package(impl.fn)))
-    legacy = existing is not None and existing.case_ids() and not existing.autotune and not args.force
-    if made and legacy:
-        made = {}
-        print(f"gdn-verify: --goldens {args.goldens}: its goldens predate autotune records, so this run's "
-              "autotune choices are not recorded; `golden regen --force` rewrites the goldens that differ "
-              "and records them", file=sys.stderr)
     try:
         regen = regenerate(args.goldens, fp, passing, force=args.force, prune=args.prune,
                            whole_suite=args.cases is None and args.max_cases is None, not_passed=not_passed,
                            skipped=[r.id for r in done if r.status == STATUS_NOT_SUPPORTED] + others,
                            max_tensor_bytes=args.max_golden_bytes, identity=identity, variant_audit=audit,
-                           other_implementation=args.against_impl, autotune=made)
+                           other_implementation=args.against_impl,
+                           autotune=choices(autotuners(implementation_package(impl.fn))))
     except (GoldenError, OSError) as exc:
         raise CLIError(f"--goldens {args.goldens}: {exc}") from exc
     print_regen(console, regen, f"{describe_key(identity)}: {describe_revision(identity)}", audit,

@@ -225,6 +225,7 @@ class RegenReport:
     prune_refused: str | None = None
     deleted: list[str] = field(default_factory=list)
     autotune_conflicts: list[str] = field(default_factory=list)  # gdn_verify.autotune.conflicts
+    autotune_not_recorded: bool = False  # the store's goldens predate autotune records (no --force)
 
     @property
     def kept_but_different(self) -> list[CaseChange]:
@@ -257,6 +258,7 @@ class RegenReport:
             "prune_refused": self.prune_refused,
             "deleted": self.deleted,
             "autotune_conflicts": self.autotune_conflicts,
+            "autotune_not_recorded": self.autotune_not_recorded,
         }
 
     def rows(self) -> list[tuple[str, str, str]]:

@@ -307,7 +307,8 @@ def regenerate(
     writes anyway and records this one as the store's writer. None: the store's recorded
     identity stays. variant_audit: the run's compiled-variant audit (VariantAudit.to_json()), recorded
     with the identity. autotune: the run's autotune choices (gdn_verify.autotune.choices), added to
-    those the store records.
+    those the store records; not recorded (report.autotune_not_recorded) into a store whose goldens
+    predate the record, unless force.
     """
     if max_tensor_bytes is not None and (not isinstance(max_tensor_bytes, int) or max_tensor_bytes < 0):
         raise ValueError(f"max_tensor_bytes: expected None or an integer >= 0, got {max_tensor_bytes!r}")
@@ -324,6 +325,10 @@ def regenerate(
             max_tensor_bytes = default_max_tensor_bytes(fp) if old is None else old["max_tensor_bytes"]
         report = RegenReport(platform_key=key, directory=directory, force=force, max_tensor_bytes=max_tensor_bytes,
                              not_written=not_written)
+        # A store whose goldens predate autotune records may hold goldens made with other choices
+        # than this writer's: its record starts only when every golden may follow it (--force).
+        if autotune and old is not None and old["cases"] and AUTOTUNE_KEY not in old and not force:
+            report.autotune_not_recorded, autotune = True, None
         report.autotune_conflicts = autotune_conflicts((old or {}).get(AUTOTUNE_KEY), autotune or {})
         _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None

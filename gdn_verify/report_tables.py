@@ -32,6 +32,9 @@ def print_regen(console: Console, regen, implementation: str, audit: dict | None
     variants = "not counted" if audit is None or not audit.get("after_sweep") else (
         f"{sum(audit['after_sweep'].values())} compiled variants over {len(audit['after_sweep'])} kernels")
     _line(console, f"implementation {implementation}; {variants}")
+    if regen.autotune_not_recorded:
+        _line(console, "autotune choices not recorded: the store's goldens predate autotune records; "
+                       "`golden regen --force` rewrites the goldens that differ and records them")
     for conflict in regen.autotune_conflicts:
         _line(console, f"autotune conflict (the record keeps its choice; rewrite the cases that use this key "
                        f"in one process with --force): {conflict}")

@@ -135,7 +135,7 @@ def test_a_store_older_than_the_record_starts_one_only_when_its_goldens_are_rewr
     # Adding a case records nothing: the old golden may have been made with another choice.
     capsys.readouterr()
     assert _cli("golden", "regen", "--goldens", str(store), cases="^dense-b1-t1-h1x1-d16-f32$|^dense-b2-t65") == 0
-    assert "predate autotune records" in capsys.readouterr().err
+    assert "predate autotune records" in capsys.readouterr().out
     assert "autotune" not in json.loads(manifest_path.read_text())
     # --force rewrites what differs, and the record starts.
     assert _cli("golden", "regen", "--goldens", str(store), "--force") == 0

@@ -544,3 +544,28 @@ def test_concurrent_shard_writers_equal_one_writer(tmp_path):
     assert merged["passed"] and merged["totals"]["golden_equal"] == 4
     assert [tc.get("name") for tc in ET.parse(junit).getroot().iter("testcase")] == [
         c.id for c in select(CPU, RUN_PATTERN)]
+
+
+def test_shard_equivalence_script_tells_a_merged_report_that_differs(tmp_path, capsys):
+    """benchmarks/shard_equivalence.py (the GPU proof that N shards merged are one run): timing
+    and host fields may differ, anything else is a difference named by its path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import shard_equivalence
+
+    case = {"id": "c1", "status": "pass", "checks": {"o": {"rms": 1e-3}}, "timing": {"total_s": 1.0}}
+    single = {"passed": True, "totals": {"pass": 1}, "wall_s": 5.0, "device": "cuda",
+              "fingerprint": {"gpu_name": "G", "date": "d1", "torch": "2"}, "cases": [case]}
+    merged = copy.deepcopy(single)
+    merged.update(wall_s=9.0, merged_from=[{}, {}])
+    merged["fingerprint"]["date"], merged["cases"][0]["timing"] = "d2", {"total_s": 3.0}
+    paths = [tmp_path / "single.json", tmp_path / "merged.json"]
+    for path, report in zip(paths, (single, merged)):
+        path.write_text(json.dumps(report))
+    out = tmp_path / "eq.json"
+    assert shard_equivalence.main([str(p) for p in paths] + ["--wall", "single=5", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["equal"] is True
+
+    merged["cases"][0]["checks"]["o"]["rms"] = 2e-3
+    paths[1].write_text(json.dumps(merged))
+    assert shard_equivalence.main([str(p) for p in paths] + ["--json", str(out)]) == 1
+    assert json.loads(out.read_text())["differences"] == ["/cases/c1/checks/o/rms"]
