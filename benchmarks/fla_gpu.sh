@@ -19,8 +19,14 @@
 #   bash benchmarks/fla_gpu.sh ours        # our kernels: goldens of gpu cases their stores lack
 #   bash benchmarks/fla_gpu.sh record      # `golden regen --force` in one process: rewrites the
 #                                          #  goldens this machine's bits differ from and records
-#                                          #  the autotune choices (gdn_verify/autotune.py); after
-#                                          #  calibrate, on the same machine (its Triton cache warm)
+#                                          #  the autotune choices (gdn_verify/autotune.py). First
+#                                          #  every case runs in shards (`run`, every check: the
+#                                          #  compiles and the calibration data); a call the limit
+#                                          #  stops goes on in the next call on the same warm
+#                                          #  machine (state in $FLA_STATE, default /tmp/fla-state)
+#   FLA_FRESH_TUNING=1 bash benchmarks/fla_gpu.sh diff  # first delete the autotune choices
+#                                          #  Triton cached on disk: nothing this machine tuned
+#                                          #  before is reused, as on a fresh machine
 #   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
@@ -45,10 +51,14 @@ run_one() {  # shard file, gdn-verify args (SHARD in them becomes the shard's fi
   python3 -m gdn_verify "${@//SHARD/$f}" --cases "$(cat "$f")" > "$f.log" 2>&1
   echo "$? $(basename "$f")" >> "$(dirname "$f")/exit_codes"; }
 export -f run_one
-shards() {  # name max_seconds dir gdn-verify args...: every shard of dir, P at a time
+pending() {  # dir: its shard files that have not reported an exit code (all, the first time)
+  local f; for f in "$1"/s???; do
+    grep -qx "[0-9]* $(basename "$f")" "$1/exit_codes" 2>/dev/null || echo "$f"; done; }
+shards() {  # name max_seconds dir gdn-verify args...: every pending shard of dir, P at a time
   local name=$1 t; t=$(limit "$2"); local dir=$3; shift 3
-  echo "== $name: $(ls "$dir"/s??? | wc -l) shards, $P at a time (limit ${t}s)"; local s=$SECONDS
-  ls "$dir"/s??? | timeout -k 10 "$t" xargs -P "$P" -I{} bash -c 'run_one "$@"' _ {} "$@"
+  echo "== $name: $(pending "$dir" | wc -l) of $(ls "$dir"/s??? | wc -l) shards, $P at a time (limit ${t}s)"
+  local s=$SECONDS
+  pending "$dir" | timeout -k 10 "$t" xargs -P "$P" -I{} bash -c 'run_one "$@"' _ {} "$@"
   # A shard the limit stopped still writes the goldens of the cases it passed: let it finish
   # before anything reads the store (or the next call's copy of the tree replaces it).
   for _ in $(seq 30); do pgrep -f "python3 -m gdn_verify" > /dev/null || break; sleep 1; done
@@ -80,6 +90,10 @@ phase_calibrate() {
 
 phase_diff() {
   [ -f "$STORE/"*/manifest.json ] || { echo "no $STORE store: run the calibrate phase first" >&2; exit 2; }
+  if [ -n "${FLA_FRESH_TUNING:-}" ]; then
+    echo "== deleting $(find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.autotune.json' 2>/dev/null | wc -l) autotune choices from Triton's disk cache"
+    find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.autotune.json' -delete 2>/dev/null
+  fi
   shard_files "$WORK/diff" --suite gpu --dtypes "$DTYPES" > /dev/null
   shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json
   mkdir -p "$WORK/diffs"; cp "$WORK"/diff/s???.diff.json "$WORK/diffs/" 2>/dev/null
@@ -116,12 +130,22 @@ PY
     one_line_change_full_tensors.md one_line_change_full_tensors.json fla_mutants.json; }
 
 phase_record() {
-  # One process, so each autotune key is tuned once and the record holds the choice every golden
-  # was made with (shards tuning side by side may choose differently: an autotune conflict). A
-  # run stopped by the limit still writes and records what it did; run the phase again to go on.
-  step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --goldens "$STORE" --force
-  tar czf "$FINAL/fla_store.tgz" "$STORE"
-  tar czf "$FINAL/fla_record_logs.tgz" -C "$WORK" logs; }
+  # Every case first, in shards (compiling is what takes the time; the reports are calibration
+  # data under the committed design), then the regen in one process, which then finds every
+  # kernel compiled: each autotune key is tuned once and the record holds the choice every golden
+  # was made with (shards tuning side by side may choose differently: an autotune conflict).
+  local state=${FLA_STATE:-/tmp/fla-state}
+  [ -d "$state/warm" ] || shard_files "$state/warm" --suite gpu --dtypes "$DTYPES" > /dev/null
+  shards fla_run 480 "$state/warm" run "${FLA[@]}" --no-audit --json SHARD.run.json
+  mkdir -p "$WORK/runs"; cp "$state"/warm/s???.run.json "$WORK/runs/" 2>/dev/null
+  if [ -z "$(pending "$state/warm")" ]; then
+    # A regen stopped by its limit still writes and records what it did: run the phase again.
+    step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --goldens "$STORE" --force
+    tar czf "$FINAL/fla_store.tgz" "$STORE"
+  else
+    echo "   $(pending "$state/warm" | wc -l) shards left: run the phase again (same machine) before the regen"
+  fi
+  tar czf "$FINAL/fla_record_logs.tgz" -C "$WORK" logs runs; }
 
 phase_ours() {
   # Our kernels: the gpu-suite cases whose goldens their stores lack (new cases).

@@ -421,6 +421,17 @@ def run_all(args: argparse.Namespace) -> dict:
             "not_run": not_run, "runs": runs}
 
 
+def write_report(report: dict, json_path: str | None, markdown_path: str | None,
+                 render: Callable[[dict], str]) -> None:
+    """The report as JSON and its Markdown (`render`), each written whole or not at all."""
+    if json_path:
+        write_atomic(json_path, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    if markdown_path:
+        write_atomic(markdown_path, render(report) + "\n")
+        print(f"wrote {markdown_path}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), metavar="SHAPE",
@@ -461,12 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in report["runs"]:
         if run["status"] != "ok":
             print(f"{run['shape']} {run['impl']}: {run['status']}: {run['detail']}", file=sys.stderr)
-    if args.json:
-        write_atomic(args.json, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.markdown:
-        write_atomic(args.markdown, render_markdown(report) + "\n")
-        print(f"wrote {args.markdown}")
+    write_report(report, args.json, args.markdown, render_markdown)
     return 0
 
 
