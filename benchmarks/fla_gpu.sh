@@ -40,7 +40,7 @@ source benchmarks/gpu_steps.sh  # workspace, limit, step
 workspace out/fla "${FLA_BUDGET_S:-540}"
 P=${FLA_PARALLEL:-12}
 STORE=goldens/fla-chunk
-DTYPES=bfloat16,float16,float32
+DTYPES=${FLA_DTYPES:-bfloat16,float16,float32}  # FLA_DTYPES=float16: one dtype's cases only
 MUTANT_CASES='h4x8-d128-bf16'
 
 shard_files() {  # dir, gpu_shards.py args...: one file per shard regex
@@ -72,6 +72,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
 FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
+# The regex of DTYPES' cases, for the commands that run in one process (shards select by dtype).
+ONLY_DTYPES="-($(python3 -c "import sys; from gdn_verify.cases import DTYPE_TAGS
+print('|'.join(DTYPE_TAGS[d] for d in sys.argv[1].split(',')))" "$DTYPES"))(-|\$)"
 
 phase_calibrate() {
   # Which TF32 reading the design's `tf32-trunc` assumes: cut or rounded operands (seconds).
@@ -140,7 +143,7 @@ phase_record() {
   mkdir -p "$WORK/runs"; cp "$state"/warm/s???.run.json "$WORK/runs/" 2>/dev/null
   if [ -z "$(pending "$state/warm")" ]; then
     # A regen stopped by its limit still writes and records what it did: run the phase again.
-    step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --goldens "$STORE" --force
+    step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --cases="$ONLY_DTYPES" --goldens "$STORE" --force
     tar czf "$FINAL/fla_store.tgz" "$STORE"
   else
     echo "   $(pending "$state/warm" | wc -l) shards left: run the phase again (same machine) before the regen"
