@@ -23,7 +23,7 @@
 #                                          #  every case runs in shards (`run`, every check: the
 #                                          #  compiles and the calibration data); a call the limit
 #                                          #  stops goes on in the next call on the same warm
-#                                          #  machine (state in $FLA_STATE, default /tmp/fla-state)
+#                                          #  machine (state in $FLA_STATE, default /tmp/fla-state-DTYPES)
 #   FLA_FRESH_TUNING=1 bash benchmarks/fla_gpu.sh diff  # first delete the autotune choices
 #                                          #  Triton cached on disk: nothing this machine tuned
 #                                          #  before is reused, as on a fresh machine
@@ -137,7 +137,7 @@ phase_record() {
   # data under the committed design), then the regen in one process, which then finds every
   # kernel compiled: each autotune key is tuned once and the record holds the choice every golden
   # was made with (shards tuning side by side may choose differently: an autotune conflict).
-  local state=${FLA_STATE:-/tmp/fla-state}
+  local state=${FLA_STATE:-/tmp/fla-state-${DTYPES//,/-}}
   [ -d "$state/warm" ] || shard_files "$state/warm" --suite gpu --dtypes "$DTYPES" > /dev/null
   shards fla_run 480 "$state/warm" run "${FLA[@]}" --no-audit --json SHARD.run.json
   mkdir -p "$WORK/runs"; cp "$state"/warm/s???.run.json "$WORK/runs/" 2>/dev/null
