@@ -1,7 +1,8 @@
 """Stage latency under alternative launch configurations: how the module constants of
-kernels/kkt_solve.py, recurrence.py and output.py were chosen (their comments quote the
-results). CUDA only. Inputs: bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm),
-at T = 65536 and for 256 packed sequences of 1..128 tokens.
+kernels/kkt_solve.py, recurrence.py and output.py were chosen (the results:
+benchmarks/results/h200/stage_sweeps.md and design_history.md). CUDA only. Inputs:
+bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm), at T = 65536 and for 256 packed
+sequences of 1..128 tokens.
 
 A configuration sets a stage module's constants (warps, value block, pipelining depth, key
 step) before the stage's first launch, so it compiles as a variant of its own. Every
@@ -15,8 +16,6 @@ tensors, at both shapes) are compared with the shipped ones bit for bit: a confi
 keeps the bits can replace the shipped one without rewriting the GPU goldens.
 
     python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--json sweep.json]
-
-Written from the ad-hoc sweeps that produced the numbers in those comments (2026-11-29).
 """
 
 import argparse
@@ -29,7 +28,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 # name -> {constant: candidate values}; value-block functions are replaced by constants.
-# Narrowed to what was close in the earlier sweeps (stage_sweeps.md): 8 warps lost for the
+# Narrowed to what was close in the sweeps of stage_sweeps.md: 8 warps lost for the
 # recurrence and the output at every value block, kkt's 4 warps and 64-column steps lost; the
 # output's 32-column block is miscompiled by Triton 3.6 (kernels/output.py).
 SPACE = {

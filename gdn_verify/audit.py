@@ -23,9 +23,9 @@ from gdn_verify.results import SetupError, VariantAudit, exception_text
 # The compile-variant audit's sweep: T = 64 alone first, then every length of the sweep.
 AUDIT_T = {CUDA_BACKEND: (1, 16, 32, 63, 64, 65, 128, 1000), INTERPRETER_BACKEND: (1, 16, 32, 63, 64, 65, 128)}
 # Without the in-kernel l2norm: flash-linear-attention autotunes its l2norm kernel anew for
-# every bucket of T, which spent a whole comparison run's time budget on the audit (H200,
-# 2026-11-29). Our l2norm stage's variants are audited by tests/test_kernels_chunk.py and
-# benchmarks/bench_kernels.py instead.
+# every bucket of T, which can spend a whole comparison run's time budget on the audit
+# (benchmarks/results/design_history.md). Our l2norm stage's variants are audited by
+# tests/test_kernels_chunk.py and benchmarks/bench_kernels.py instead.
 AUDIT_SHAPE = {CUDA_BACKEND: dict(H=4, HV=8, K=128, V=128), INTERPRETER_BACKEND: dict(H=1, HV=2, K=16, V=16)}
 
 

@@ -40,17 +40,15 @@ def _prepare(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seql
 
 # Rows of q and k whose key head starts off a 16-byte boundary (K * itemsize not a multiple of
 # 16, e.g. K = 100 in bf16) made Triton 3.6's Hopper code for the raw 16-bit dots read shared
-# memory out of bounds (compute-sanitizer: "Invalid __shared__ read of size 512 bytes" at
-# the Q K^T dot of the output (then fused into the recurrence), K = 100, V = 60, bf16 and fp16;
-# H200, 2026-11-29). Such K are padded with zero columns to the next 16-byte multiple: zero key
-# columns add nothing to any dot or l2 norm, and the state rows they add stay zero (zero initial
-# rows, zero updates), so the padded problem's results are the original's, and are sliced back. Real models use
-# K = 128; the copy only costs the odd sizes. On the H200 (2026-11-29) the padded path is
-# compute-sanitizer clean on those cases; the unpadded one was too with a first version of the
-# split recurrence / output (not rechecked since), but Triton 3.6 has miscompiled other tile /
-# warp configurations of these kernels (see output.py), so the guard stays.
-# Both runs are in benchmarks/results/h200/sanitizer.log as of commit c2d76bf; the file now holds
-# the latest run of the padded path (run_h200.sh).
+# memory out of bounds (compute-sanitizer: "Invalid __shared__ read of size 512 bytes" at a
+# Q K^T dot, K = 100, V = 60, bf16 and fp16). Such K are padded with zero columns to the next
+# 16-byte multiple: zero key columns add nothing to any dot or l2 norm, and the state rows they
+# add stay zero (zero initial rows, zero updates), so the padded problem's results are the
+# original's, and are sliced back. Real models use K = 128; the copy only costs the odd sizes.
+# The padded path is compute-sanitizer clean on those cases (benchmarks/results/h200/
+# sanitizer.log). Whether the current kernels still need the padding is not established, and
+# Triton 3.6 has miscompiled other tile / warp configurations of them (see output.py), so the
+# guard stays. Its sanitizer history: benchmarks/results/design_history.md.
 _ALIGN_BYTES = 16
 
 

@@ -28,15 +28,12 @@ from ._alloc import new_output
 from ._launch import launch
 from ._triton_compat import cast_to, loop_bound
 
-# Tile shape, one config for every launch (no autotuning), chosen on one H200 with Triton
-# 3.6 (H = 16, HV = 32, bf16, CUDA-graph medians):
-# * BLOCK_V: decode of 256 sequences at K = V = 128 took 0.51 / 0.30 / 0.27 / 0.30 ms at
-#   BV = 16 / 32 / 64 / 128 (best warp count each). 64 gives 256-byte rows and still 64
-#   programs for a single sequence's 32 heads.
-# * Warps: a thread holding 128 state values is the sweet spot. K = 128, BV = 64: 2 warps
-#   (128 values) 0.27 ms decode-256, 0.72 ms for one 1024-token prefill, 0.64 ms for 64 x 64
-#   tokens; 4 warps 0.27 / 0.76 / 1.00 ms; 8 warps 0.30 / 1.71 / 2.98 ms. K = 256: 2 warps
-#   (256 values) spill, 4.7 ms decode-256; 4 warps 0.53 ms. K = 64: 1 warp is best.
+# Tile shape, one config for every launch (no autotuning), chosen by timing on sm_90 (timings:
+# benchmarks/results/design_history.md):
+# * BLOCK_V: 64 was the fastest decode of 256 sequences at K = V = 128; it gives 256-byte rows
+#   and still 64 programs for a single sequence's 32 heads.
+# * Warps: a thread holding 128 state values is the sweet spot: fewer warps spill (K = 256),
+#   more are slower on prefill. K = 64: 1 warp is best.
 BLOCK_V = 64
 STATE_VALUES_PER_THREAD = 128
 

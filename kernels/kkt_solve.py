@@ -34,10 +34,8 @@ from .chunk_map import ChunkMap, chunk_span
 _BLOCK = tl.constexpr(16)
 _N_BLOCKS = tl.constexpr(4)
 
-# Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=128, T = 65536 / 256 packed short sequences;
-# 2026-11-29, benchmarks/results/h200/stage_sweeps.md): 1 warp with 16-column key steps 0.81 /
-# 0.27 ms; 32-column steps 0.91 / 0.30; 2 warps 0.84-0.95 / 0.31-0.35 (before the diagonal blocks
-# were batched: 4 warps 1.79-1.95 / 0.68-0.74; the earlier whole-tile kernel 2.35 / 0.88). A 16-row MMA tile
+# One warp, 16-column key steps: the fastest configuration timed on sm_90, on one long sequence
+# and on packed short ones (timings: benchmarks/results/design_history.md). A 16-row MMA tile
 # cannot be split over warps, so with more warps each one repeats every small dot
 # (warpsPerCTA [4, 1]); one warp a program wastes nothing, and the 32768 programs of a long
 # sequence keep the SMs full anyway.
@@ -119,8 +117,9 @@ def _unit_lower_inverse(a, PRECISION: tl.constexpr):
     Doubling the solved block size: if t inverts the diagonal s-blocks and e holds the entries
     of a just below them inside each 2s-block, t - t e t inverts the 2s-blocks. The stack makes
     each level two batched dots, and the levels a loop rather than unrolled code: Triton's
-    matmul passes grew superlinearly with the count of small dots (bf16x3 splits each in
-    three), which made this kernel take 10.5 s to compile when the four tiles were separate.
+    matmul passes grow superlinearly with the count of small dots (bf16x3 splits each in
+    three), so four separate tiles made this kernel several times slower to compile
+    (benchmarks/results/design_history.md).
     """
     sub = tl.arange(0, _BLOCK)
     row = sub[:, None]

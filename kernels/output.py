@@ -17,21 +17,19 @@ from ._launch import launch
 from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
 
-# Timed on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128, T = 65536 / 256 packed short sequences;
-# 2026-11-29, benchmarks/results/h200/stage_sweeps.md): 4 warps, 64 value columns a program, no
-# software pipelining: 2.21 / 0.81 ms; pipelining 2 deep: 3.6 / 1.4 ms. In the earlier sweeps
-# (norms still computed here) 32 or 128 columns took 3.43 / 1.30 and 2.71 / 0.98 against 2.33 /
-# 0.87; 8 warps 2.75-4.5 ms at T = 65536; 2 warps spilled kilobytes.
+# 4 warps, 64 value columns a program, no software pipelining: the fastest configuration timed
+# on sm_90, on one long sequence and on packed short ones (pipelining, 32 or 128 columns and
+# 8 warps were slower, 2 warps spilled; timings: benchmarks/results/design_history.md).
 NUM_WARPS = 4
 NUM_STAGES = 1
 # V columns per program, for every V (masked past V): every V block recomputes the chunk's
 # Q K^T, so blocks are as wide as the registers allow. Never 32 with Triton 3.6 on sm_90: with
-# 16-bit inputs it compiled this kernel into wrong results (V = 20 cases, o error ratio
-# 0.41-0.59 against float64, float32 and float64 inputs correct) and, at T = 65536, an illegal
-# memory access (H200, 2026-11-29, benchmarks/results/h200/stage_sweeps.md).
+# 16-bit inputs it compiled this kernel into wrong results (V = 20) and, at T = 65536, an
+# illegal memory access (benchmarks/results/h200/stage_sweeps.md, design_history.md).
 VALUE_BLOCK = 64
 # Chunks per program: a loop over a few consecutive chunks spreads each program's setup over
-# them (measured before the K blocking below: 2.64 ms with 4, 2.73 with 1). Fixed, never from T.
+# them (4 was faster than 1 at T = 65536: benchmarks/results/design_history.md). Fixed, never
+# from T.
 CHUNKS_PER_PROGRAM = 4
 # Columns of K per step of the Q S and Q K^T accumulation.
 KEY_BLOCK = 64
@@ -75,7 +73,7 @@ def output_kernel(
                         mask=valid[:, None] & (kcols < K)[None, :], other=0.0)
             # K^T read as its own tile rather than transposed in registers: Triton 3.6 on sm_90
             # compiled a tl.trans'ed operand of this dot into out-of-bounds shared-memory reads in
-            # some tile / warp configurations (illegal memory access; H200, 2026-11-29).
+            # some tile / warp configurations (illegal memory access).
             k_t = tl.load(k_ptr + qk_base + (kcols[:, None] + rows[None, :] * (H * K)),
                           mask=(kcols < K)[:, None] & valid[None, :], other=0.0)
             state = tl.load(h_ptr + state_base + (kcols[:, None] * V + vcols[None, :]),

@@ -27,11 +27,10 @@ from ._launch import launch
 from ._triton_compat import dot, loop_bound
 from .chunk_map import ChunkMap
 
-# Measured on an H200 (Triton 3.6, bf16, H16/HV32/K=V=128; benchmarks/sweep_stages.py,
-# 2026-11-29, after the l2norm moved to its own stage): 4 warps, BV = 32, the chunk loop
-# pipelined 3 deep: 3.48 ms at T = 65536, 1.24 ms for 256 packed short sequences (1 stage: 4.30 /
-# 1.32; BV = 16 with 3 stages: 3.00 / 1.82, faster on one sequence, slower packed). 8 warps were
-# slower everywhere (one program per SM at 253-255 registers).
+# 4 warps, BV = 32 (state_value_block), the chunk loop pipelined 3 deep: the fastest
+# configuration timed on sm_90 over one long sequence and packed short ones together (BV = 16 is
+# faster on one sequence, slower packed; 8 warps were slower everywhere, one program per SM at
+# 253-255 registers). Timings: benchmarks/results/design_history.md.
 NUM_WARPS = 4
 # Pipelining depth for 16-bit inputs. float32 and float64 tiles take two and four times the
 # shared memory per stage (K = 256 would not fit), so their loop is not pipelined.
