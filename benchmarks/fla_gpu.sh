@@ -72,9 +72,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
 FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
-# The regex of DTYPES' cases, for the commands that run in one process (shards select by dtype).
-ONLY_DTYPES="-($(python3 -c "import sys; from gdn_verify.cases import DTYPE_TAGS
-print('|'.join(DTYPE_TAGS[d] for d in sys.argv[1].split(',')))" "$DTYPES"))(-|\$)"
 
 phase_calibrate() {
   # Which TF32 reading the design's `tf32-trunc` assumes: cut or rounded operands (seconds).
@@ -94,8 +91,9 @@ phase_calibrate() {
 phase_diff() {
   [ -f "$STORE/"*/manifest.json ] || { echo "no $STORE store: run the calibrate phase first" >&2; exit 2; }
   if [ -n "${FLA_FRESH_TUNING:-}" ]; then
-    echo "== deleting $(find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.autotune.json' 2>/dev/null | wc -l) autotune choices from Triton's disk cache"
-    find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.autotune.json' -delete 2>/dev/null
+    local cache=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+    echo "== deleting $(find "$cache" -name '*.autotune.json' 2>/dev/null | wc -l) autotune choices from Triton's disk cache"
+    find "$cache" -name '*.autotune.json' -delete 2>/dev/null
   fi
   shard_files "$WORK/diff" --suite gpu --dtypes "$DTYPES" > /dev/null
   shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json
@@ -142,8 +140,11 @@ phase_record() {
   shards fla_run 480 "$state/warm" run "${FLA[@]}" --no-audit --json SHARD.run.json
   mkdir -p "$WORK/runs"; cp "$state"/warm/s???.run.json "$WORK/runs/" 2>/dev/null
   if [ -z "$(pending "$state/warm")" ]; then
-    # A regen stopped by its limit still writes and records what it did: run the phase again.
-    step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --cases="$ONLY_DTYPES" --goldens "$STORE" --force
+    # DTYPES' cases as one --cases regex (the shards above select by dtype). A regen stopped by
+    # its limit still writes and records what it did: run the phase again.
+    local only="-($(python3 -c "import sys; from gdn_verify.cases import DTYPE_TAGS
+print('|'.join(DTYPE_TAGS[d] for d in sys.argv[1].split(',')))" "$DTYPES"))(-|\$)"
+    step record 500 python3 -m gdn_verify golden regen "${FLA[@]}" --cases="$only" --goldens "$STORE" --force
     tar czf "$FINAL/fla_store.tgz" "$STORE"
   else
     echo "   $(pending "$state/warm" | wc -l) shards left: run the phase again (same machine) before the regen"

@@ -193,14 +193,6 @@ def _stalls(row: dict | None) -> str:
     return ", ".join(f"{r} {v:.2f}" for r, v in row["top_stalls"]) if row and row["top_stalls"] else "-"
 
 
-def _ok(run: dict | None) -> dict | None:
-    return run if run is not None and run["status"] == "ok" else None
-
-
-def _stage(run: dict | None, stage: str) -> dict | None:
-    return next((s for s in _ok(run)["stages"] if s["stage"] == stage), None) if _ok(run) else None
-
-
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
     return None if a is None or b is None else _div(a[key], b[key])
 
@@ -209,7 +201,7 @@ def stage_table(ours: dict | None, fla: dict | None) -> list[str]:
     """Markdown: per budget stage ours beside FLA, the forward's total, and the stages over budget."""
     rows, over = [], []
     for stage in BUDGET_STAGES:
-        a, b = _stage(ours, stage), _stage(fla, stage)
+        a, b = sb.stage_row(ours, stage), sb.stage_row(fla, stage)
         if a is None and b is None:
             continue
         ratio = _ratio(a, b, "us")
@@ -218,7 +210,7 @@ def stage_table(ours: dict | None, fla: dict | None) -> list[str]:
                      _f(a, "over_min", "{:.2f}"), _stalls(a), _stalls(b)])
         if ratio is not None and ratio > 1:
             over.append(f"{stage} ({ratio:.2f}x)")
-    a, b = _ok(ours), _ok(fla)
+    a, b = sb.completed(ours), sb.completed(fla)
     rows.append(["total", _f(a, "total_us"), _f(b, "total_us"), _num(_ratio(a, b, "total_us"), "{:.2f}")] + [""] * 7)
     return md_table(["stage", "ours us", "FLA us", "ours / FLA", "ours GB/s", "FLA GB/s", "ours B/token",
                      "FLA B/token", "ours DRAM / least", "ours top stalls", "FLA top stalls"], rows) + [
@@ -253,7 +245,7 @@ def render_markdown(report: dict) -> str:
         for run in (r for r in (ours, fla) if r is not None and r["status"] != "ok"):
             lines += [f"{sb.LABELS[run['impl']]} {run['status']}: {run['detail']}", ""]
         lines += stage_table(ours, fla) + [""]
-        for run in filter(_ok, (ours, fla)):
+        for run in filter(sb.completed, (ours, fla)):
             lines += [f"### {sb.LABELS[run['impl']]} ({run['impl']}): {_f(run, 'total_us')} us", ""]
             if run.get("metrics_unavailable"):
                 lines += [f"Not known to this ncu: {', '.join(run['metrics_unavailable'])}.", ""]
@@ -326,14 +318,11 @@ def worker(args: argparse.Namespace) -> int:
         if reason is not None:
             raise NotSupported(reason)
         inputs = bench_inputs(case, "cuda")
-        call = adapter.prepare(case, inputs)
-        for _ in range(args.warmup):
-            adapter.fn(*call.args, **call.kwargs)
-        torch.cuda.synchronize()
+        forward = sb.warmed_forward(adapter, case, inputs, args.warmup)
         if impl == "gdn":
             info["min_bytes"] = sb.our_stage_bytes(sb.problem_dims(case, inputs))
         torch.cuda.profiler.start()
-        adapter.fn(*call.args, **call.kwargs)
+        forward()
         torch.cuda.synchronize()
         torch.cuda.profiler.stop()
     except ImplError as exc:  # e.g. flash-linear-attention not installed

@@ -220,12 +220,14 @@ def _cell(run: dict | None, x, fmt: Callable) -> str:
     return "-" if x is None else fmt(x)
 
 
-def _ok(run: dict | None) -> dict | None:
+def completed(run: dict | None) -> dict | None:
+    """The run, when it completed (status "ok"); else None."""
     return run if run is not None and run["status"] == "ok" else None
 
 
-def _stage(run: dict | None, stage: str) -> dict | None:
-    return next((s for s in _ok(run)["stages"] if s["stage"] == stage), None) if _ok(run) else None
+def stage_row(run: dict | None, stage: str) -> dict | None:
+    """A completed run's row of `stage`; None when absent or the run did not complete."""
+    return next((s for s in completed(run)["stages"] if s["stage"] == stage), None) if completed(run) else None
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -240,7 +242,7 @@ def summary_table(report: dict) -> list[str]:
     for shape in dict.fromkeys(r["shape"] for r in report["runs"]):
         ours, fla = runs.get((shape, "gdn")), runs.get((shape, "fla-chunk"))
         for stage in STAGES:
-            a, b = _stage(ours, stage), _stage(fla, stage)
+            a, b = stage_row(ours, stage), stage_row(fla, stage)
             if a is None and b is None:
                 continue
             a_us, b_us = a and a["us"], b and b["us"]
@@ -249,7 +251,7 @@ def summary_table(report: dict) -> list[str]:
                          _cell(ours, bandwidth, lambda s: f"{s['gbs']:.0f} ({s['peak_fraction']:.0%})"),
                          _cell(fla, b_us, _us), _cell(fla, b and b["share"], "{:.0%}".format), _ratio(a_us, b_us)])
         for what, key in (("total (device)", "total_us"), ("wall (eager call)", "wall_us")):
-            a, b = (_ok(run)[key] if _ok(run) else None for run in (ours, fla))
+            a, b = (completed(run)[key] if completed(run) else None for run in (ours, fla))
             rows.append([shape, what, _cell(ours, a, _us), "", "", _cell(fla, b, _us), "", _ratio(a, b)])
     peak = report["settings"]["peak_gbs"]
     return md_table(["shape", "stage", "ours us", "ours share", f"ours GB/s (of {peak:.0f})", "FLA us", "FLA share",
@@ -341,18 +343,25 @@ def wall_us(forward: Callable[[], object], calls: int) -> float:
     return statistics.median(times)
 
 
-def profile_run(adapter, case, inputs: dict, args: argparse.Namespace) -> dict:
-    """One implementation at one shape: warm up, profile, time; the run's result fields."""
+def warmed_forward(adapter, case, inputs: dict, warmup: int) -> Callable[[], object]:
+    """One forward of `adapter` on the case's inputs, called `warmup` times (compiles,
+    autotuning) and synchronized; the inputs' conversions happen once, outside what is measured."""
     import torch
 
-    call = adapter.prepare(case, inputs)  # conversions happen once, outside what is measured
+    call = adapter.prepare(case, inputs)
 
     def forward():
         return adapter.fn(*call.args, **call.kwargs)
 
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         forward()
     torch.cuda.synchronize()
+    return forward
+
+
+def profile_run(adapter, case, inputs: dict, args: argparse.Namespace) -> dict:
+    """One implementation at one shape: warm up, profile, time; the run's result fields."""
+    forward = warmed_forward(adapter, case, inputs, args.warmup)
     stage_bytes = our_stage_bytes(problem_dims(case, inputs)) if adapter.spec == "gdn" else None
     result = summarize(profiled_events(forward, args.calls), args.calls, CLASSIFIERS[adapter.spec], stage_bytes,
                        args.peak_gbs)
