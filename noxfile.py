@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import nox
 
@@ -127,10 +128,20 @@ def golden_check(session: nox.Session) -> None:
     pass). Reports: out/gate.*, out/gate-recurrent.*."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
-    _each_kernel(session, "golden-check", lambda impl, goldens, stem: (
-        "gdn-verify", "run", "--suite", "cpu", "--impl", impl, "--device", "cpu", "--goldens", goldens,
-        "--require-goldens", "--json", str(OUT / f"gate{stem}.json"), "--markdown", str(OUT / f"gate{stem}.md"),
-        *session.posargs), INTERPRETER_ENV)
+    # The kernels run side by side, one process each: the interpreter keeps one core busy, so on
+    # two cores the check takes about as long as its slower kernel alone.
+    env = {**os.environ, **INTERPRETER_ENV, "PATH": os.pathsep.join((session.bin, os.environ.get("PATH", ""))),
+           "VIRTUAL_ENV": session.virtualenv.location}
+    jobs = [Job(impl, [str(Path(session.bin) / "gdn-verify"), "run", "--suite", "cpu", "--impl", impl, "--device",
+                       "cpu", "--goldens", goldens, "--require-goldens", "--json", str(OUT / f"gate{stem}.json"),
+                       "--markdown", str(OUT / f"gate{stem}.md"), *session.posargs], env, str(OUT / f"gate{stem}.log"))
+            for impl, goldens, stem in OUR_KERNELS]
+    failed = [f"{job.name} (exit {code})" for job, code in zip(jobs, _side_by_side(session, jobs)) if code != 0]
+    for job in jobs:  # each kernel's whole output, one after the other
+        session.log(f"{job.name}: {job.log}")
+        print(Path(job.log).read_text(errors="replace"), flush=True)
+    if failed:
+        session.error(f"golden-check failed for {', '.join(failed)}")
 
 
 @nox.session(requires=["tests", "golden-check"])
@@ -194,27 +205,42 @@ def _run_per_gpu(session: nox.Session, gpus: list[str], impl: str, goldens: str,
         plan = per_gpu_plan(gpus, impl, goldens, str(OUT), stem, args)
     except ValueError as exc:
         session.error(str(exc))
-    start, procs = time.monotonic(), []
     for shard in plan.shards:
         Path(shard.report).unlink(missing_ok=True)  # never merge a report of an earlier run
-        with open(shard.log, "w") as log:
-            procs.append(subprocess.Popen(shard.argv, cwd=ROOT, env={**os.environ, **shard.env}, stdout=log,
-                                          stderr=subprocess.STDOUT))
-        session.log(f"{impl}: shard on GPU {shard.env['CUDA_VISIBLE_DEVICES']}: {' '.join(shard.argv)}")
+    _side_by_side(session, [Job(f"{impl}: shard {shard.argv[shard.argv.index('--shard') + 1]} on GPU "
+                                f"{shard.env['CUDA_VISIBLE_DEVICES']}", shard.argv, {**os.environ, **shard.env},
+                                shard.log) for shard in plan.shards])
+    session.run(*plan.merge)
+
+
+class Job(NamedTuple):
+    name: str
+    argv: list[str]
+    env: dict
+    log: str  # stdout and stderr go here
+
+
+def _side_by_side(session: nox.Session, jobs: list[Job]) -> list[int]:
+    """Start every job at once, log each one's exit code and wall time as it ends; their exit
+    codes, in order. Stopped (Ctrl-C), the jobs still running are stopped too."""
+    start, procs = time.monotonic(), []
+    for job in jobs:
+        with open(job.log, "w") as log:
+            procs.append(subprocess.Popen(job.argv, cwd=ROOT, env=job.env, stdout=log, stderr=subprocess.STDOUT))
+        session.log(f"{job.name}: {' '.join(job.argv)}")
     running = dict(enumerate(procs))
     try:
-        while running:  # each shard's wall time as it ends
+        while running:
             for i, proc in list(running.items()):
                 if proc.poll() is not None:
                     del running[i]
-                    shard = plan.shards[i]
-                    session.log(f"{impl}: shard {shard.argv[shard.argv.index('--shard') + 1]} exit {proc.returncode} "
-                                f"after {time.monotonic() - start:.0f} s (log {shard.log})")
+                    session.log(f"{jobs[i].name}: exit {proc.returncode} after {time.monotonic() - start:.0f} s "
+                                f"(log {jobs[i].log})")
             time.sleep(0.5)
-    finally:  # stopped (Ctrl-C): the shards stop too, keeping what they finished
+    finally:
         for proc in running.values():
             proc.terminate()
-    session.run(*plan.merge)
+    return [proc.returncode for proc in procs]
 
 
 @nox.session(venv_backend="none")
