@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -313,4 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CLIError as exc:
         print(f"gdn-verify: error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except BrokenPipeError:  # the reader went away (`gdn-verify cases | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_SETUP
