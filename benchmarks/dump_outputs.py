@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from gdn_verify.cases import SUITES, select, suite
+    from gdn_verify.cases import select
+    from gdn_verify.suites import SUITES, suite
     from gdn_verify.impls import resolve_impl
     from gdn_verify.inputs import make_inputs, to_device
     from gdn_verify.references import torch_reference

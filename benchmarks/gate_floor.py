@@ -17,7 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 
 import gdn_verify.contract as contract  # noqa: E402
-from gdn_verify.cases import suite  # noqa: E402
+from gdn_verify.suites import suite  # noqa: E402
 from gdn_verify.compare import rms_ratio  # noqa: E402
 from gdn_verify.conventions import gdn_args, gdn_kwargs  # noqa: E402
 from gdn_verify.inputs import make_inputs  # noqa: E402

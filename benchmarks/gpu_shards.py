@@ -40,7 +40,7 @@ def stored_cases(root: Path, device: str) -> set[str]:
 def main(argv=None) -> int:
     # Before NumPy and torch load, as the CLI does: a cpu store's key names the capped dispatch.
     pin_cpu_dispatch(reexec=sys.argv if argv is None else None)
-    from gdn_verify.cases import SUITES, suite
+    from gdn_verify.suites import SUITES, suite
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=SUITES, default="gpu")

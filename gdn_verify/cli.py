@@ -156,7 +156,7 @@ def _conventions(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gdn_verify.cases import SUITES
+    from gdn_verify.suites import SUITES
     from gdn_verify.goldens import DEFAULT_MAX_TENSOR_BYTES, byte_size
 
     parser = argparse.ArgumentParser(prog="gdn-verify", description="Verify gated-delta-rule kernels against "

@@ -42,7 +42,8 @@ def resolve_device(requested: str) -> str:
 
 
 def select_cases(args):
-    from gdn_verify.cases import select, suite
+    from gdn_verify.cases import select
+    from gdn_verify.suites import suite
 
     try:
         cases = select(suite(args.suite), args.cases, args.max_cases)

@@ -29,7 +29,8 @@ import torch
 from gdn_verify.adapters import Adapter, NotSupported
 from gdn_verify.conventions import l2_normalized
 from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_DTYPE, BENCH_MODEL, BENCH_PACKED_SEQS, bench_packed_lengths
-from gdn_verify.cases import DTYPES, Case, dense, varlen
+from gdn_verify.cases import Case, dense, varlen
+from gdn_verify.suites import DTYPES
 from gdn_verify.contract import CHUNK_SIZE
 from gdn_verify.compare import TENSORS, backend_of
 from gdn_verify.invariants import INVARIANTS

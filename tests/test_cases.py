@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from gdn_verify.cases import BETAS, DTYPES, EDGE_T, GATES, SUITES, Case, dense, is_file_name_safe, select, suite, varlen
+from gdn_verify.cases import BETAS, GATES, Case, dense, is_file_name_safe, select, varlen
+from gdn_verify.suites import DTYPES, EDGE_T, SUITES, suite
 from gdn_verify.sampling import sample_product
 from gdn_verify.contract import validate
 from gdn_verify.inputs import MILD_GATE_MIN, STRONG_GATE_RANGE, inputs_digest, make_inputs
@@ -47,7 +48,7 @@ def test_every_field_changes_the_id():
 
 def test_ids_and_inputs_stable_across_processes():
     """Nothing depends on Python's per-process hash seed or on the global RNG."""
-    code = ("from gdn_verify.cases import suite; from gdn_verify.inputs import make_inputs, inputs_digest;"
+    code = ("from gdn_verify.suites import suite; from gdn_verify.inputs import make_inputs, inputs_digest;"
             "cs = suite('cpu'); print(','.join(c.id for c in cs)); print(inputs_digest(make_inputs(cs[-1])))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]

@@ -13,7 +13,8 @@ import math
 import pytest
 import torch
 
-from gdn_verify.cases import dense, suite, varlen
+from gdn_verify.cases import dense, varlen
+from gdn_verify.suites import suite
 from gdn_verify.compare import TENSORS, compare_tensor
 from gdn_verify.conventions import gdn_args, gdn_kwargs
 from gdn_verify.impls import resolve_impl

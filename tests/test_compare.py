@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gdn_verify.cases import DTYPES, dense, varlen
+from gdn_verify.cases import dense, varlen
+from gdn_verify.suites import DTYPES
 from gdn_verify.compare import (
     TENSORS,
     chunk_slices,

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gdn_verify import cli
-from gdn_verify.cases import dense, suite, varlen
+from gdn_verify.cases import dense, varlen
+from gdn_verify.suites import suite
 from gdn_verify.adapters import Adapter
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from gdn_verify import cli
-from gdn_verify.cases import dense, suite
+from gdn_verify.cases import dense
+from gdn_verify.suites import suite
 from gdn_verify.adapters import Adapter
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gdn_verify import cli
-from gdn_verify.cases import suite
+from gdn_verify.suites import suite
 
 SMOKE = suite("smoke")
 ONE = ["--suite", "smoke", "--cases", f"^{re.escape(SMOKE[0].id)}$"]

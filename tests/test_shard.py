@@ -31,7 +31,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gdn_verify import cli
-from gdn_verify.cases import case_cost, select, suite
+from gdn_verify.cases import case_cost, select
+from gdn_verify.suites import suite
 from gdn_verify.platform import BLAS_THREAD_ENV_VARS
 from gdn_verify.render import to_json_text
 from gdn_verify.report import markdown as run_markdown
