@@ -66,8 +66,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit("cumsum.py", "                  FLOOR: tl.constexpr):",
               "                  FLOOR: tl.constexpr, BT: tl.constexpr):"),
          Edit("cumsum.py", "rows = tl.arange(0, CHUNK)", "rows = tl.arange(0, BT)"),
-         Edit("cumsum.py", "BLOCK_HV=triton.next_power_of_2(HV),",
-              "BLOCK_HV=triton.next_power_of_2(HV), BT=min(CHUNK.value, triton.next_power_of_2(g.shape[1])),")),
+         Edit("cumsum.py", "BLOCK_HV=next_power_of_2(HV),",
+              "BLOCK_HV=next_power_of_2(HV), BT=min(CHUNK.value, next_power_of_2(g.shape[1])),")),
         kills=(AUDIT,),
     ),
     Mutant(

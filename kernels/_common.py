@@ -54,9 +54,22 @@ def dot_precision(input_dtype: torch.dtype) -> str:
     return DOT_PRECISION[str(input_dtype).removeprefix("torch.")]
 
 
+# The launchers' grid and block arithmetic, in plain Python: triton.cdiv and
+# triton.next_power_of_2 are constexpr functions, whose call wrapper costs several microseconds
+# of host time per call (a third of a forward's host path at T = 1024: benchmarks/host_ops.py).
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for non-negative a and positive b."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def block_size(n: int) -> int:
     """Padded tile extent for a head dimension: next power of two, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def split_scale(scale: float) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import triton.language as tl
 from gdn_verify.contract import GATE_FLOOR
 
 from ._alloc import new_output
-from ._common import CHUNK
+from ._common import CHUNK, next_power_of_2
 from ._launch import launch
 from .chunk_map import ChunkMap, chunk_span
 
@@ -43,6 +43,6 @@ def cumsum(g: torch.Tensor, chunks: ChunkMap, acc_dtype: torch.dtype) -> torch.T
     if chunks.n_chunks:
         HV = g.shape[2]
         launch(cumsum_kernel, (chunks.n_chunks,), g, g_cum, *chunks.span_args, HV,
-               BLOCK_HV=triton.next_power_of_2(HV), FLOOR=GATE_FLOOR[str(acc_dtype).removeprefix("torch.")],
+               BLOCK_HV=next_power_of_2(HV), FLOOR=GATE_FLOOR[str(acc_dtype).removeprefix("torch.")],
                num_warps=NUM_WARPS)
     return g_cum

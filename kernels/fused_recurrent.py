@@ -25,6 +25,7 @@ import triton.language as tl
 from gdn_verify.contract import L2NORM_EPS, validate
 
 from ._alloc import new_output
+from ._common import cdiv, next_power_of_2
 from ._launch import launch
 from ._triton_compat import cast_to, loop_bound
 
@@ -184,9 +185,9 @@ def fused_recurrent_gated_delta_rule(
     o = new_output(v.shape, v.dtype, v.device)
     final_state = new_output((p.N, p.HV, p.K, p.V), state_dtype, v.device) if output_final_state else None
 
-    BK = triton.next_power_of_2(p.K)
-    BV = min(BLOCK_V, triton.next_power_of_2(p.V))
-    grid = (p.N * p.HV, triton.cdiv(p.V, BV))
+    BK = next_power_of_2(p.K)
+    BV = min(BLOCK_V, next_power_of_2(p.V))
+    grid = (p.N * p.HV, cdiv(p.V, BV))
     launch(
         fused_recurrent_gated_delta_rule_kernel, grid,
         q, k, v, g, beta, o, initial_state, final_state, cu_seqlens,

@@ -17,7 +17,7 @@ import triton.language as tl
 from ._alloc import new_output
 from gdn_verify.contract import L2NORM_EPS
 
-from ._common import block_size
+from ._common import block_size, cdiv
 from ._launch import launch
 
 # Rows per program: a [64, K] tile of q and one of k.
@@ -55,6 +55,6 @@ def l2norm_factors(q: torch.Tensor, k: torch.Tensor, acc_dtype: torch.dtype) -> 
     rq = new_output((B, T, H), acc_dtype, q.device)
     rk = new_output((B, T, H), acc_dtype, q.device)
     if B * T * H:
-        launch(l2norm_kernel, (triton.cdiv(B * T, _ROWS), H), q, k, rq, rk, B * T, H, K,
+        launch(l2norm_kernel, (cdiv(B * T, _ROWS), H), q, k, rq, rk, B * T, H, K,
                ROWS=_ROWS, BK=block_size(K), num_warps=NUM_WARPS)
     return rq, rk

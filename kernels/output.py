@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, masked_exp, raw_dot, split_operand, split_scale
+from ._common import CHUNK, block_size, cdiv, masked_exp, raw_dot, split_operand, split_scale
 from ._launch import launch
 from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
@@ -111,10 +111,10 @@ def output(
     o = new_output((B, T, HV, V), out_dtype, q.device)
     if chunks.n_chunks:
         BV = VALUE_BLOCK
-        groups = triton.cdiv(chunks.n_chunks, CHUNKS_PER_PROGRAM)
+        groups = cdiv(chunks.n_chunks, CHUNKS_PER_PROGRAM)
         # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
         rq, rk = (g_cum, g_cum) if norms is None else norms
-        launch(output_kernel, (groups * HV * triton.cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
+        launch(output_kernel, (groups * HV * cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
                *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
                BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
                L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, masked_exp, raw_dot, split_operand
+from ._common import CHUNK, block_size, cdiv, masked_exp, raw_dot, split_operand
 from ._launch import launch
 from ._triton_compat import dot, loop_bound
 from .chunk_map import ChunkMap
@@ -142,7 +142,7 @@ def recurrence(
     if N * HV:
         # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
         placeholder = g_cum
-        launch(recurrence_kernel, (N * HV * triton.cdiv(V, BV),), k, v, beta, g_cum,
+        launch(recurrence_kernel, (N * HV * cdiv(V, BV),), k, v, beta, g_cum,
                placeholder if rk is None else rk, tm,
                initial_state.contiguous() if has_h0 else placeholder,
                final_state if output_final_state else placeholder, h, v_new,
