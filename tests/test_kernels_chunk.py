@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 import torch
+import triton
 
 from gdn_verify.cases import Case
 from gdn_verify.cases import dense as _dense
@@ -33,7 +34,8 @@ from gdn_verify.kernels import l2norm as l2norm_module
 from gdn_verify.kernels import output as output_module
 from gdn_verify.kernels import recurrence as recurrence_module
 from gdn_verify.kernels import wy as wy_module
-from gdn_verify.kernels._common import compute_dtype, dot_precision  # white-box: the stages' precision policy
+from gdn_verify.kernels._common import (  # white-box: the stages' precision policy and launch arithmetic
+    cdiv, compute_dtype, dot_precision, next_power_of_2)
 from gdn_verify.kernels.chunk import chunk_stage_calls
 from gdn_verify.kernels.chunk_map import build_chunk_map
 from gdn_verify.reference import chunked_gated_delta_rule, recurrent_gated_delta_rule
@@ -417,3 +419,13 @@ def test_interpreted_dots_call_no_blas(monkeypatch):
         case = _varlen((5, 70), H=1, HV=2, K=32, V=32, dtype=dtype, init_state="random", l2norm=True)
         o, state = chunk_gated_delta_rule(**case_kwargs(make_inputs(case), case, "cpu"), use_qk_l2norm_in_kernel=True)
         assert torch.isfinite(o.float()).all() and torch.isfinite(state).all()
+
+
+def test_launch_arithmetic_equals_tritons():
+    """The launchers' plain-Python cdiv and next_power_of_2 give Triton's values (so the same grids
+    and block sizes: the same kernels and bits)."""
+    for n in range(1, 5000):
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 3, 4, 16, 32, 64):
+            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+    assert cdiv(0, 64) == triton.cdiv(0, 64) == 0
