@@ -56,7 +56,7 @@ def dot_precision(input_dtype: torch.dtype) -> str:
 
 # The launchers' grid and block arithmetic, in plain Python: triton.cdiv and
 # triton.next_power_of_2 are constexpr functions, whose call wrapper costs several microseconds
-# of host time per call (a third of a forward's host path at T = 1024: benchmarks/host_ops.py).
+# of host time per call (measured with benchmarks/host_ops.py: benchmarks/results/design_history.md).
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for non-negative a and positive b."""
     return -(-a // b)
