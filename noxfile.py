@@ -54,19 +54,65 @@ def _install(session: nox.Session, *extra: str, triton: str | None = None, pins=
     session.install("-e", f".{'[' + ','.join(extra) + ']' if extra else ''}", *pins)
 
 
-def _each_kernel(session: nox.Session, what: str, command, env: dict, run=None) -> None:
+class Job(NamedTuple):
+    name: str
+    argv: list[str]
+    env: dict
+    log: str  # stdout and stderr go here
+
+
+def _side_by_side(session: nox.Session, jobs: list[Job]) -> list[int]:
+    """Start every job at once, log each one's exit code and wall time as it ends; their exit
+    codes, in order. Stopped (Ctrl-C), the jobs still running are stopped too, keeping what
+    they finished."""
+    start, procs = time.monotonic(), []
+    for job in jobs:
+        with open(job.log, "w") as log:
+            procs.append(subprocess.Popen(job.argv, cwd=ROOT, env=job.env, stdout=log, stderr=subprocess.STDOUT))
+        session.log(f"{job.name}: {' '.join(job.argv)}")
+    running = dict(enumerate(procs))
+    try:
+        while running:
+            for i, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[i]
+                    session.log(f"{jobs[i].name}: exit {proc.returncode} after {time.monotonic() - start:.0f} s "
+                                f"(log {jobs[i].log})")
+            time.sleep(0.5)
+    finally:
+        for proc in running.values():
+            proc.terminate()
+    return [proc.returncode for proc in procs]
+
+
+def _each_kernel(session: nox.Session, what: str, command, env: dict, run=None, logs: str | None = None) -> None:
     """command(impl, goldens root, report stem) for each of OUR_KERNELS (or run(impl, goldens
     root, report stem), which runs it itself); all of them run, and the session fails after the
-    last if any failed."""
+    last if any failed. With `logs`, the commands (tools of the session's environment) run side
+    by side, one process each, output in OUT/{logs}{stem}.log, printed whole after all end."""
     failed = []
-    for impl, goldens, stem in OUR_KERNELS:
-        try:
-            if run is not None:
-                run(impl, goldens, stem)
-            else:
-                session.run(*command(impl, goldens, stem), env=env)
-        except nox.command.CommandFailed as exc:
-            failed.append(f"{impl} (exit {getattr(exc, 'return_code', None)})")
+    if logs is not None:
+        venv_env = {**os.environ, **env, "VIRTUAL_ENV": session.virtualenv.location,
+                    "PATH": os.pathsep.join((session.bin, os.environ.get("PATH", "")))}
+        jobs = []
+        for impl, goldens, stem in OUR_KERNELS:
+            tool, *args = command(impl, goldens, stem)
+            jobs.append(Job(impl, [str(Path(session.bin) / tool), *args], venv_env, str(OUT / f"{logs}{stem}.log")))
+        codes = _side_by_side(session, jobs)
+        for job, code in zip(jobs, codes):
+            session.log(f"{job.name}: {job.log}")
+            print(Path(job.log).read_text(errors="replace"), flush=True)
+            if code != 0:
+                failed.append(f"{job.name} (exit {code})")
+    else:
+        for impl, goldens, stem in OUR_KERNELS:
+            try:
+                if run is not None:
+                    run(impl, goldens, stem)
+                else:
+                    session.run(*command(impl, goldens, stem), env=env)
+            except nox.command.CommandFailed as exc:
+                failed.append(f"{impl} (exit {getattr(exc, 'return_code', None)})")
     if failed:
         session.error(f"{what} failed for {', '.join(failed)}")
 
@@ -128,20 +174,12 @@ def golden_check(session: nox.Session) -> None:
     pass). Reports: out/gate.*, out/gate-recurrent.*."""
     _install(session, pins=GOLDEN_PINS)
     OUT.mkdir(exist_ok=True)
-    # The kernels run side by side, one process each: the interpreter keeps one core busy, so on
-    # two cores the check takes about as long as its slower kernel alone.
-    env = {**os.environ, **INTERPRETER_ENV, "PATH": os.pathsep.join((session.bin, os.environ.get("PATH", ""))),
-           "VIRTUAL_ENV": session.virtualenv.location}
-    jobs = [Job(impl, [str(Path(session.bin) / "gdn-verify"), "run", "--suite", "cpu", "--impl", impl, "--device",
-                       "cpu", "--goldens", goldens, "--require-goldens", "--json", str(OUT / f"gate{stem}.json"),
-                       "--markdown", str(OUT / f"gate{stem}.md"), *session.posargs], env, str(OUT / f"gate{stem}.log"))
-            for impl, goldens, stem in OUR_KERNELS]
-    failed = [f"{job.name} (exit {code})" for job, code in zip(jobs, _side_by_side(session, jobs)) if code != 0]
-    for job in jobs:  # each kernel's whole output, one after the other
-        session.log(f"{job.name}: {job.log}")
-        print(Path(job.log).read_text(errors="replace"), flush=True)
-    if failed:
-        session.error(f"golden-check failed for {', '.join(failed)}")
+    # The kernels side by side: the interpreter keeps one core busy per process, so on two cores
+    # the check takes about as long as its slower kernel alone.
+    _each_kernel(session, "golden-check", lambda impl, goldens, stem: (
+        "gdn-verify", "run", "--suite", "cpu", "--impl", impl, "--device", "cpu", "--goldens", goldens,
+        "--require-goldens", "--json", str(OUT / f"gate{stem}.json"), "--markdown", str(OUT / f"gate{stem}.md"),
+        *session.posargs), INTERPRETER_ENV, logs="gate")
 
 
 @nox.session(requires=["tests", "golden-check"])
@@ -211,36 +249,6 @@ def _run_per_gpu(session: nox.Session, gpus: list[str], impl: str, goldens: str,
                                 f"{shard.env['CUDA_VISIBLE_DEVICES']}", shard.argv, {**os.environ, **shard.env},
                                 shard.log) for shard in plan.shards])
     session.run(*plan.merge)
-
-
-class Job(NamedTuple):
-    name: str
-    argv: list[str]
-    env: dict
-    log: str  # stdout and stderr go here
-
-
-def _side_by_side(session: nox.Session, jobs: list[Job]) -> list[int]:
-    """Start every job at once, log each one's exit code and wall time as it ends; their exit
-    codes, in order. Stopped (Ctrl-C), the jobs still running are stopped too."""
-    start, procs = time.monotonic(), []
-    for job in jobs:
-        with open(job.log, "w") as log:
-            procs.append(subprocess.Popen(job.argv, cwd=ROOT, env=job.env, stdout=log, stderr=subprocess.STDOUT))
-        session.log(f"{job.name}: {' '.join(job.argv)}")
-    running = dict(enumerate(procs))
-    try:
-        while running:
-            for i, proc in list(running.items()):
-                if proc.poll() is not None:
-                    del running[i]
-                    session.log(f"{jobs[i].name}: exit {proc.returncode} after {time.monotonic() - start:.0f} s "
-                                f"(log {jobs[i].log})")
-            time.sleep(0.5)
-    finally:
-        for proc in running.values():
-            proc.terminate()
-    return [proc.returncode for proc in procs]
 
 
 @nox.session(venv_backend="none")

@@ -18,11 +18,11 @@ from collections import defaultdict  # noqa: E402
 
 import torch  # noqa: E402
 
-from gdn_verify.suites import suite  # noqa: E402
 from gdn_verify.conventions import gdn_args, gdn_kwargs  # noqa: E402
 from gdn_verify.inputs import make_inputs  # noqa: E402
 from gdn_verify.kernels.chunk import chunk_stage_calls  # noqa: E402
 from gdn_verify.platform import fingerprint  # noqa: E402
+from gdn_verify.suites import suite  # noqa: E402
 
 
 def main() -> int:

@@ -24,10 +24,10 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from gdn_verify.cases import select
-    from gdn_verify.suites import SUITES, suite
     from gdn_verify.impls import resolve_impl
     from gdn_verify.inputs import make_inputs, to_device
     from gdn_verify.references import torch_reference
+    from gdn_verify.suites import SUITES, suite
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=SUITES, default="gpu")

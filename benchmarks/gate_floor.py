@@ -17,12 +17,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 
 import gdn_verify.contract as contract  # noqa: E402
-from gdn_verify.suites import suite  # noqa: E402
 from gdn_verify.compare import rms_ratio  # noqa: E402
 from gdn_verify.conventions import gdn_args, gdn_kwargs  # noqa: E402
 from gdn_verify.inputs import make_inputs  # noqa: E402
 from gdn_verify.kernels import chunk_gated_delta_rule  # noqa: E402
 from gdn_verify.reference import recurrent_gated_delta_rule  # noqa: E402
+from gdn_verify.suites import suite  # noqa: E402
 
 FLOORS = (-110.0, -64.0, -40.0, -32.0, -30.0)
 REPLACED = (-5.0, -20.0, -30.0)

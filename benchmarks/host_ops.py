@@ -4,7 +4,8 @@ runs (issue #15, step 4: a device-bound host path).
 Every kernel launch is replaced by a no-op (each stage module's `launch`), so what is left is the
 entry point's Python: validation, the chunk map, output allocation, the launchers' argument
 preparation. Reported: the launches per call, the top-level torch ops per call (torch.profiler,
-CPU activity) and the median host time of a call. The time is this CPU's, a proxy only: on a GPU
+CPU activity) and the median and least host time of a call (the least moves less with the
+machine's other load). The time is this CPU's, a proxy only: on a GPU
 machine each torch op and launch also pays the CUDA driver, and the CPU differs.
 
     python3 benchmarks/host_ops.py --json benchmarks/results/host_ops_cpu.json [--T 1024]
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +25,7 @@ import torch
 from gdn_verify.bench_shapes import BENCH_MODEL
 from gdn_verify.files import write_atomic
 from gdn_verify.kernels import chunk
-from gdn_verify.kernels import _launch
+from gdn_verify.platform import fingerprint
 
 STAGE_MODULES = ("cumsum", "l2norm", "kkt_solve", "recurrence", "output")
 
@@ -35,7 +35,7 @@ def stub_launches() -> list[str]:
     launched: list[str] = []
     for name in STAGE_MODULES:
         module = sys.modules[f"gdn_verify.kernels.{name}"]
-        module.launch = lambda kernel, grid, *args, **kw: launched.append(_launch._python_fn(kernel).__name__)
+        module.launch = lambda kernel, grid, *args, **kw: launched.append(kernel.fn.__name__)
     return launched
 
 
@@ -66,13 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         forward()
         times.append((time.perf_counter() - start) * 1e6)
-    result = {"benchmark": "host_ops", "machine": {"cpu": platform.processor() or platform.machine(),
-                                                   "torch": torch.__version__, "python": platform.python_version()},
+    result = {"benchmark": "host_ops", "environment": fingerprint("cpu"),
               "shape": {"T": args.T, "H": H, "HV": HV, "K": K, "V": V, "dtype": "bfloat16"},
               "launches_per_call": per_call, "torch_ops_per_call": dict(ops.most_common()),
-              "host_us_median": statistics.median(times), "calls": args.calls}
+              "host_us_median": statistics.median(times), "host_us_min": min(times), "calls": args.calls}
     print(f"launches {len(per_call)} ({', '.join(per_call)}); torch ops {sum(ops.values())} {dict(ops)}; "
-          f"host {result['host_us_median']:.0f} us per call (median of {args.calls})")
+          f"host {result['host_us_median']:.0f} us per call (median of {args.calls}; least {result['host_us_min']:.0f})")
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -26,10 +26,10 @@ def stats(x) -> dict:
 def main(argv=None) -> int:
     from safetensors.torch import load_file
 
-    from gdn_verify.suites import suite
     from gdn_verify.compare import emulate, error_ratios
     from gdn_verify.designs import parse_design
     from gdn_verify.inputs import make_inputs
+    from gdn_verify.suites import suite
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", type=Path)

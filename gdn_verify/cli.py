@@ -156,8 +156,8 @@ def _conventions(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gdn_verify.suites import SUITES
     from gdn_verify.goldens import DEFAULT_MAX_TENSOR_BYTES, byte_size
+    from gdn_verify.suites import SUITES
 
     parser = argparse.ArgumentParser(prog="gdn-verify", description="Verify gated-delta-rule kernels against "
                                      "float64 references and golden tensors.")
@@ -315,6 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"gdn-verify: error: {exc}", file=sys.stderr)
         return EXIT_SETUP
-    except BrokenPipeError:  # the reader went away (`gdn-verify cases | head`): nothing more to say
+    except BrokenPipeError:  # the reader went away (`gdn-verify cases | head`): output incomplete, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_SETUP

@@ -30,7 +30,6 @@ from gdn_verify.adapters import Adapter, NotSupported
 from gdn_verify.conventions import l2_normalized
 from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_DTYPE, BENCH_MODEL, BENCH_PACKED_SEQS, bench_packed_lengths
 from gdn_verify.cases import Case, dense, varlen
-from gdn_verify.suites import DTYPES
 from gdn_verify.contract import CHUNK_SIZE
 from gdn_verify.compare import TENSORS, backend_of
 from gdn_verify.invariants import INVARIANTS
@@ -38,6 +37,7 @@ from gdn_verify.audit import variant_audit
 from gdn_verify.results import CaseResult, RunOptions, RunResult, STATUS_NOT_SUPPORTED, STATUSES, VariantAudit
 from gdn_verify.run_goldens import RunGoldens
 from gdn_verify.runner import run_case
+from gdn_verify.suites import DTYPES
 
 # One chunk or more, or varlen (the label "packed" is the report's).
 SHAPE_CLASSES = (f"dense, T <= {CHUNK_SIZE}", f"dense, T > {CHUNK_SIZE}", "packed")

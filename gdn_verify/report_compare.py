@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gdn_verify.bench_shapes import BENCH_MODEL
-from gdn_verify.suites import DTYPES
 from gdn_verify.files import write_atomic
 from gdn_verify.render import audit_word, fmt, md_table, not_passing, not_supported_reasons, worst_per_dtype
 from gdn_verify.results import STATUS_NOT_SUPPORTED
+from gdn_verify.suites import DTYPES
 
 # Failing cases listed per implementation in Markdown; the JSON report has every one.
 _MAX_FAILURES_SHOWN = 60

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from gdn_verify.cases import BETAS, GATES, Case, dense, is_file_name_safe, select, varlen
-from gdn_verify.suites import DTYPES, EDGE_T, SUITES, suite
 from gdn_verify.sampling import sample_product
 from gdn_verify.contract import validate
 from gdn_verify.inputs import MILD_GATE_MIN, STRONG_GATE_RANGE, inputs_digest, make_inputs
+from gdn_verify.suites import DTYPES, EDGE_T, SUITES, suite
 
 ALL = {name: suite(name) for name in SUITES}
 
@@ -57,6 +57,20 @@ def test_ids_and_inputs_stable_across_processes():
     assert ids.split(",") == [c.id for c in ALL["cpu"]]
     assert digest == inputs_digest(make_inputs(ALL["cpu"][-1]))
 
+
+
+def test_cases_listing_into_a_closed_pipe_ends_quietly():
+    """`gdn-verify cases | head -1`: the listing stops at the closed pipe without a traceback.
+    The full suite's ids (over 100 KB) overflow the pipe's buffer, so a write does fail."""
+    proc = subprocess.Popen([sys.executable, "-m", "gdn_verify", "cases", "--suite", "full"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert first.strip().decode() == ALL["full"][0].id
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert proc.returncode != 0  # the listing is incomplete
 
 def test_round_trip_and_validation():
     for case in ALL["cpu"]:

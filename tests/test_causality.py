@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from gdn_verify.cases import dense, varlen
-from gdn_verify.suites import suite
 from gdn_verify.compare import TENSORS, compare_tensor
 from gdn_verify.conventions import gdn_args, gdn_kwargs
 from gdn_verify.impls import resolve_impl
@@ -24,6 +23,7 @@ from gdn_verify.platform import INTERPRETER_BACKEND
 from gdn_verify.reference import recurrent_gated_delta_rule
 from gdn_verify.results import RunOptions
 from gdn_verify.runner import run_cases
+from gdn_verify.suites import suite
 
 
 def exact(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from gdn_verify.cases import dense, varlen
-from gdn_verify.suites import DTYPES
 from gdn_verify.compare import (
     TENSORS,
     chunk_slices,
@@ -18,6 +17,7 @@ from gdn_verify.compare import (
     tolerance,
 )
 from gdn_verify.kernels import new_output, poisoned_outputs
+from gdn_verify.suites import DTYPES
 from gdn_verify.tolerances import BACKENDS, TOLERANCES
 
 BACKEND = "cpu-interpreter"

@@ -17,12 +17,12 @@ import torch
 from gdn_verify import cli
 from gdn_verify.adapters import Adapter
 from gdn_verify.cases import dense, varlen
-from gdn_verify.suites import suite
 from gdn_verify.bench_shapes import BENCH_DENSE_T, BENCH_MODEL
 from gdn_verify.compare_impls import bench_cases, compare_impls, shape_class
 from gdn_verify.impls import resolve_impl
 from gdn_verify.report_compare import comparison_markdown
 from gdn_verify.results import RunOptions
+from gdn_verify.suites import suite
 
 import gdn_doubles
 

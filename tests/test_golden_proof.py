@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from gdn_verify import cli
-from gdn_verify.suites import suite
 from gdn_verify.golden_pr import StoreDiff
 from gdn_verify.goldens import GoldenError, GoldenStore, regenerate, store_identity
 from gdn_verify.identity import implementation_identity, legacy_identity, revision_changes
+from gdn_verify.suites import suite
 
 HERE = Path(__file__).parent
 SPEC = "gdn_standin:gated_delta_rule"

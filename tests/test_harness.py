@@ -15,7 +15,6 @@ import torch
 
 from gdn_verify import cli
 from gdn_verify.cases import dense, varlen
-from gdn_verify.suites import suite
 from gdn_verify.adapters import Adapter
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs
@@ -25,6 +24,7 @@ from gdn_verify.report import markdown
 from gdn_verify.audit import variant_audit
 from gdn_verify.results import RunOptions
 from gdn_verify.runner import run_cases
+from gdn_verify.suites import suite
 
 import gdn_doubles
 

@@ -22,13 +22,13 @@ from safetensors.torch import load_file
 
 from gdn_verify import cli
 from gdn_verify.cases import dense
-from gdn_verify.suites import suite
 from gdn_verify.adapters import Adapter
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import make_inputs
 from gdn_verify.audit import variant_audit
 from gdn_verify.results import RunOptions
 from gdn_verify.runner import run_cases
+from gdn_verify.suites import suite
 
 import gdn_doubles
 

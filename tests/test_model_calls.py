@@ -13,11 +13,11 @@ import torch
 
 from gdn_verify.adapters import Adapter
 from gdn_verify.cases import BETA_DTYPE_CASE_DTYPES, Case, dense, varlen
-from gdn_verify.suites import suite
 from gdn_verify.contract import validate
 from gdn_verify.impls import resolve_impl
 from gdn_verify.inputs import inputs_digest, make_inputs
 from gdn_verify.invariants import INVARIANTS, check_invariants, fused_qkv
+from gdn_verify.suites import suite
 
 from gdn_doubles import rounded_reference
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from gdn_verify import cli, mutate
-from gdn_verify.suites import suite
 from gdn_verify.mutate import (AUDIT, KERNELS_PACKAGE, MUTANTS, Edit, Mutant, MutantError, MutationSetupError,
                                apply_edit, make_copy, mutant_by_name, mutated_sources, run_mutants, source_dirs)
+from gdn_verify.suites import suite
 
 GOLDEN_ONLY = next(m for m in MUTANTS if m.golden_only)
 

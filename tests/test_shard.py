@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 
 from gdn_verify import cli
 from gdn_verify.cases import case_cost, select
-from gdn_verify.suites import suite
 from gdn_verify.platform import BLAS_THREAD_ENV_VARS
 from gdn_verify.render import to_json_text
 from gdn_verify.report import markdown as run_markdown
@@ -42,6 +41,7 @@ from gdn_verify.report_merge import MergeError, comparable, load_report, merge_f
 from gdn_verify.results import RunOptions
 from gdn_verify.shard import (Shard, assign, parse_shard, selection_digest, shard_argument, shard_cases,
                               shard_metadata, split)
+from gdn_verify.suites import suite
 
 CPU = suite("cpu")
 SMOKE = suite("smoke")
