@@ -12,7 +12,8 @@ to it, first puts those choices back into the autotuners' caches (`replay`): a k
 knows is not tuned again, and its config is the one the goldens were made with. Keys the store
 does not know are tuned on this machine as usual, and the report names them (their cases' bits
 depend on this machine's timing). Autotuners are found by walking the implementation's package
-in sys.modules; a kernel with a single config has nothing to choose and is left out.
+in sys.modules (also under a `triton.heuristics` wrapper); a kernel with a single config has
+nothing to choose and is left out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+
+from gdn_verify.variants import unwrap
 
 AUTOTUNE_KEY = "autotune"  # the manifest's key
 
@@ -50,10 +53,13 @@ def autotuners(package: str | None) -> dict[str, object]:
         if module is None or not (module_name == package or module_name.startswith(package + ".")):
             continue
         for value in list(vars(module).values()):
-            if isinstance(value, kind) and len(value.configs) > 1:
+            # An autotuner under `triton.heuristics` (flash-linear-attention's chunk kernels) is
+            # the heuristics wrapper's `.fn`.
+            tuner = unwrap(value, lambda v: isinstance(v, kind))
+            if tuner is not None and len(tuner.configs) > 1:
                 # Named where it is defined: a kernel imported into other modules is one kernel.
-                fn = value.base_fn
-                found.setdefault(f"{fn.__module__}.{fn.__qualname__}", value)
+                fn = tuner.base_fn
+                found.setdefault(f"{fn.__module__}.{fn.__qualname__}", tuner)
     return dict(sorted(found.items()))
 
 

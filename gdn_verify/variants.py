@@ -8,12 +8,13 @@ import sys
 from typing import Callable
 
 
-def _compiled_kernel(value) -> object | None:
-    """The compiled-mode Triton kernel under `value` (autotuner and heuristics wrappers keep it
-    in `.fn`), or None. Any module attribute may come here: lookups that raise mean no kernel."""
+def unwrap(value, wanted: Callable[[object], bool]) -> object | None:
+    """The first object in `value`'s chain of Triton wrappers (`triton.heuristics` and
+    `triton.autotune` keep what they wrap in `.fn`, in the order they were applied) for which
+    `wanted` holds, or None. Any module attribute may come here: lookups that raise mean none."""
     for _ in range(8):
         try:
-            if isinstance(getattr(value, "device_caches", None), dict):
+            if wanted(value):
                 return value
             value = getattr(value, "fn", None)
         except Exception:
@@ -21,6 +22,11 @@ def _compiled_kernel(value) -> object | None:
         if value is None:
             return None
     return None
+
+
+def _compiled_kernel(value) -> object | None:
+    """The compiled-mode Triton kernel under `value`, or None."""
+    return unwrap(value, lambda v: isinstance(getattr(v, "device_caches", None), dict))
 
 
 def _jit_kernels(package: str) -> dict[str, object]:

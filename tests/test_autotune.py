@@ -8,9 +8,13 @@ test settles each "machine's" choice by hand in the autotuner's cache, as autotu
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import autotuned_double as double
 import pytest
+import triton
+import triton.language as tl
 
 from gdn_verify import cli
 from gdn_verify.autotune import autotuners, choices, config_json, conflicts, key_text, merged, replay, tuned_here
@@ -61,6 +65,31 @@ def test_what_cannot_be_replayed_is_reported_and_left_alone():
     assert ["kernel not found" in x for x in done.not_replayed] == [True, False]
     assert "no longer among the kernel's configs" in done.not_replayed[1]
     assert TUNER.cache == {}
+
+
+@triton.heuristics({"EVEN": lambda args: args["n"] % 2 == 0})
+@triton.autotune(configs=[triton.Config({"BLOCK": 8}), triton.Config({"BLOCK": 16})], key=["n"])
+@triton.jit
+def under_heuristics(x_ptr, n, EVEN: tl.constexpr, BLOCK: tl.constexpr):
+    tl.store(x_ptr, n)
+
+
+def test_an_autotuner_under_heuristics_is_found_and_replayed(monkeypatch):
+    """flash-linear-attention's chunk kernels are heuristics(autotune(jit)): the module attribute
+    is the heuristics wrapper, and its autotuner's choices must be recorded and replayed too."""
+    package = types.ModuleType("wrapped_package")
+    package.kernel = under_heuristics
+    monkeypatch.setitem(sys.modules, "wrapped_package", package)
+    tuner = under_heuristics.fn
+    name = f"{__name__}.under_heuristics"
+    assert autotuners("wrapped_package") == {name: tuner}
+    recorded = {name: {key_text((5, "torch.float32")): config_json(tuner.configs[1])}}
+    try:
+        assert replay(autotuners("wrapped_package"), recorded).replayed == 1
+        assert tuner.cache[(5, "torch.float32")] is tuner.configs[1]
+        assert choices(autotuners("wrapped_package")) == recorded
+    finally:
+        tuner.cache.clear()
 
 
 def test_a_writer_adds_keys_and_keeps_recorded_choices():
