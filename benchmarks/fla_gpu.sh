@@ -26,7 +26,13 @@
 #                                          #  machine (state in $FLA_STATE, default /tmp/fla-state-DTYPES)
 #   FLA_FRESH_TUNING=1 bash benchmarks/fla_gpu.sh diff  # first delete the autotune choices
 #                                          #  Triton cached on disk: nothing this machine tuned
-#                                          #  before is reused, as on a fresh machine
+#                                          #  before is reused, as on a fresh machine; without the
+#                                          #  variant audit, whose autotuning in every shard at once
+#                                          #  outlasted the step's limit
+#
+# record writes the store inside the tree the device call copied: a later call on the same
+# machine that carries that tree again replaces the store with the uncommitted copy's. Run the
+# diff after record in the same call, or in a call that does not carry the tree.
 #   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
@@ -96,7 +102,8 @@ phase_diff() {
     find "$cache" -name '*.autotune.json' -delete 2>/dev/null
   fi
   shard_files "$WORK/diff" --suite gpu --dtypes "$DTYPES" > /dev/null
-  shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json
+  shards fla_diff 200 "$WORK/diff" golden diff "${FLA[@]}" --goldens "$STORE" --json SHARD.diff.json \
+    ${FLA_FRESH_TUNING:+--no-audit}
   mkdir -p "$WORK/diffs"; cp "$WORK"/diff/s???.diff.json "$WORK/diffs/" 2>/dev/null
   tar czf "$FINAL/fla_diff.tgz" -C "$WORK" diffs logs; }
 

@@ -120,6 +120,9 @@ class Adapter:
     intermediates: Callable | None = None
     # Kernel name -> compiled variants so far, if known.
     variants: Callable[[], dict[str, int]] | None = None
+    # Forgets the compiled variants `variants` counts, where the implementation may autotune:
+    # the variant audit then settles every autotune key first and counts only what calls launch.
+    forget_variants: Callable[[], None] | None = None
     layout: str = CALL_DEFAULTS["layout"]
     state_layout: str = CALL_DEFAULTS["state_layout"]
     gate_space: str = CALL_DEFAULTS["gate_space"]

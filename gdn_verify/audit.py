@@ -73,7 +73,8 @@ def sync(device: str) -> None:
 def variant_audit(impl: Adapter, device: str, timeout_s: float | None = None) -> VariantAudit | None:
     """Compiled variants per kernel after T = 64 alone, then after the whole T sweep (dense
     single sequences and one packed batch of the same lengths). Shorter or longer sequences
-    must not need new variants: no specialization may derive from T.
+    must not need new variants: no specialization may derive from T. Where the implementation
+    can forget its variants (a package that may autotune), the calls run once before, unmeasured.
 
     A call that raises (anything but KeyboardInterrupt and NotSupported, which propagate) or
     breaks the contract fails the audit with what happened; `timeout_s` limits each call."""
@@ -89,10 +90,19 @@ def variant_audit(impl: Adapter, device: str, timeout_s: float | None = None) ->
                 impl(case, to_device(make_inputs(case), device))
                 sync(device)
 
+    t64 = [dense(64, dtype="bfloat16", **shape), varlen((64,), dtype="bfloat16", **shape)]
+    sweep = [dense(T, dtype="bfloat16", **shape) for T in lengths] + [varlen(lengths, dtype="bfloat16", **shape)]
+    settle = impl.forget_variants is not None
     try:
-        run([dense(64, dtype="bfloat16", **shape), varlen((64,), dtype="bfloat16", **shape)])
+        if settle:
+            # An autotuner compiles every config it times, and only where its choice is not
+            # already in Triton's disk cache: every key is settled first, then the compiled
+            # variants are forgotten, so the counts below are the variants the calls launch.
+            run(t64 + sweep)
+            impl.forget_variants()
+        run(t64)
         after_t64 = impl.variants()
-        run([dense(T, dtype="bfloat16", **shape) for T in lengths] + [varlen(lengths, dtype="bfloat16", **shape)])
+        run(sweep)
         after_sweep = impl.variants()
     except (KeyboardInterrupt, NotSupported, SetupError):
         raise
@@ -103,4 +113,4 @@ def variant_audit(impl: Adapter, device: str, timeout_s: float | None = None) ->
     detail = (f"{sum(after_sweep.values())} variants over {len(after_sweep)} kernels, "
               f"the same as after T = 64 alone" if not added
               else "the T sweep added variants: " + ", ".join(f"{k} +{n}" for k, n in added.items()))
-    return VariantAudit(list(lengths), after_t64, after_sweep, not added, detail)
+    return VariantAudit(list(lengths), after_t64, after_sweep, not added, detail, settled=settle)

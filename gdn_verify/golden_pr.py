@@ -131,8 +131,13 @@ class StoreDiff:
         if before is None and after is None:
             return "compiled variants: not counted on either side (no variant counter for this implementation here)"
         word = lambda n, a: "not recorded" if n is None else f"{n} over {len(a['after_sweep'])} kernels"  # noqa: E731
-        return (f"compiled variants (variant audit, after the T sweep): {word(before, self.variants_before)} -> "
+        line = (f"compiled variants (variant audit, after the T sweep): {word(before, self.variants_before)} -> "
                 f"{word(after, self.variants_after)}")
+        if before is not None and after is not None and \
+                bool(self.variants_before.get("settled")) != bool(self.variants_after.get("settled")):
+            line += (" (not comparable: one audit settled autotuning before counting, the other also counted "
+                     "the configs an autotuner compiled to time them)")
+        return line
 
     def autotune_line(self) -> str | None:
         from gdn_verify.autotune import describe

@@ -97,10 +97,14 @@ class VariantAudit:
     # False when the implementation, as declared, cannot run the audit's calls (passed is then
     # True: neither a pass nor a failure, said so in the reports).
     ran: bool = True
+    # True when every autotune key was settled before counting, so the counts are the variants
+    # the calls launch; False when configs compiled only to time them were counted too (which
+    # then depends on whether this process tuned or found the choices in Triton's disk cache).
+    settled: bool = False
 
     def to_json(self) -> dict:
         return {"lengths": self.lengths, "after_t64": self.after_t64, "after_sweep": self.after_sweep,
-                "passed": self.passed, "detail": self.detail, "ran": self.ran}
+                "passed": self.passed, "detail": self.detail, "ran": self.ran, "settled": self.settled}
 
 
 @dataclass

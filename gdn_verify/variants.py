@@ -60,6 +60,20 @@ def triton_variants(package: str) -> Callable[[], dict[str, int]] | None:
     return count
 
 
+def triton_variants_forget(package: str) -> Callable[[], None] | None:
+    """What forgets the variants `triton_variants(package)` counts (Triton's in-memory JIT
+    caches of the package's kernels), or None where that counts nothing."""
+    if triton_variants(package) is None:
+        return None
+    from gdn_verify.kernels import clear_jit_cache
+
+    def forget() -> None:
+        for kernel in _jit_kernels(package).values():
+            clear_jit_cache(kernel)
+
+    return forget
+
+
 def our_compiled_variants() -> dict[str, int]:
     from gdn_verify.kernels import compiled_variants
 

@@ -130,6 +130,13 @@ def jit_cache_size(kernel) -> int | None:
     return sum(len(entry[0]) for entry in caches.values())
 
 
+def clear_jit_cache(kernel) -> None:
+    """Forget the compiled variants `kernel` holds in memory (its next launch with each
+    specialization loads the binary from Triton's disk cache again)."""
+    for entry in (getattr(kernel, "device_caches", None) or {}).values():
+        entry[0].clear()
+
+
 def compiled_variants() -> dict[str, int]:
     """Kernel name -> number of compiled variants (Triton's cache on GPU, keys under the interpreter)."""
     counts = {}

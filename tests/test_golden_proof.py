@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,10 @@ def test_the_markdown_sets_variant_counts_before_against_after():
     assert "**2/2 cases bitwise equal**" in md and proof.all_equal
     assert "176 over 2 kernels -> 108 over 2 kernels" in md
     assert "| chunk_fwd_o | 100 | 60 | -40 |" in md and "`version: 0.6.0 -> 0.6.1`" in md
+    assert "not comparable" not in md
+    settled = dict(proof.variants_after, settled=True)  # this run settled autotuning; the store's audit did not
+    assert "not comparable" in replace(proof, variants_after=settled).variants_line()
+    assert "not comparable" not in replace(proof, variants_before=settled, variants_after=settled).variants_line()
 
 
 def test_a_missing_golden_is_never_all_equal():

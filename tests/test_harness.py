@@ -320,6 +320,30 @@ def test_variant_audit_fails_when_short_sequences_compile_new_variants():
     assert variant_audit(double("rounded_reference"), "cpu") is None
 
 
+def test_variant_audit_counts_launched_variants_once_autotuning_settled():
+    """An autotuner compiles every config of a key it has not tuned (none, where Triton's disk
+    cache holds its choice): an implementation that can forget its variants is counted after
+    every key is settled, so the count is the same whether this process tuned or not."""
+    configs, tuned, compiled = 4, set(), set()
+
+    def autotuned(q, *args, **kwargs):
+        key = "long" if q.shape[1] > 64 else "short"  # a key from T: still a new variant after settling
+        if key not in tuned:
+            compiled.update((key, c) for c in range(configs))  # timing every config
+            tuned.add(key)
+        compiled.add((key, 0))  # the chosen config, launched
+        return gdn_doubles.rounded_reference(q, *args, **kwargs)
+
+    count = lambda: {"o_kernel": len(compiled)}  # noqa: E731
+    unsettled = variant_audit(Adapter("tuning", autotuned, ours=False, variants=count), "cpu")
+    assert unsettled.after_t64 == {"o_kernel": configs} and not unsettled.settled  # timing compiles counted
+    tuned.clear(), compiled.clear()
+    audit = variant_audit(Adapter("tuning", autotuned, ours=False, variants=count, forget_variants=compiled.clear),
+                          "cpu")
+    assert audit.settled and audit.after_t64 == {"o_kernel": 1} and audit.after_sweep == {"o_kernel": 2}
+    assert not audit.passed and audit.to_json()["settled"]  # the T-dependent key is still found
+
+
 def test_goldens_of_another_platform_are_not_comparable(tmp_path):
     from gdn_verify.goldens import regenerate
     from gdn_verify.platform import fingerprint
