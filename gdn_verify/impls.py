@@ -137,8 +137,8 @@ def _fla(name: str, device: str | None) -> Adapter:
     if not str(device or "").startswith("cuda"):
         dtypes, note = dtypes[:2], note + "; bfloat16 is not run under Triton's interpreter, which truncates its stores"
     return Adapter(spec=name, fn=fn, variants=triton_variants("fla"), forget_variants=triton_variants_forget("fla"),
-                   keyword_tensors=True, dtypes=dtypes, dtypes_note=note, cu_seqlens_dtype="int64", notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}",
-                   design=FLA, gate_floor=name != "fla-chunk")
+                   keyword_tensors=True, dtypes=dtypes, dtypes_note=note, cu_seqlens_dtype="int64",
+                   notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}", design=FLA, gate_floor=name != "fla-chunk")
 
 
 @dataclass(frozen=True)
