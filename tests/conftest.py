@@ -12,6 +12,10 @@ import torch  # noqa: E402
 # unless the caller asked for the interpreter.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton's own jitted helpers (tl.sum's combine function, ...) are decorated when triton is
+# first imported: here, so that a test that unsets TRITON_INTERPRET for a moment cannot be the
+# first importer and leave them compiled-mode for every interpreted kernel after it.
+import triton  # noqa: E402,F401
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
