@@ -21,7 +21,7 @@ from typing import Callable
 
 from gdn_verify.adapters import Adapter, with_conventions
 from gdn_verify.designs import FLA, GDN
-from gdn_verify.variants import our_compiled_variants, triton_variants, triton_variants_forget
+from gdn_verify.variants import our_compiled_variants, triton_variants
 
 KERNELS_MODULE = "gdn_verify.kernels"
 OURS = {"gdn": "chunk_gated_delta_rule", "gdn-recurrent": "fused_recurrent_gated_delta_rule"}
@@ -65,9 +65,8 @@ def resolve_impl(spec: str, device: str | None = None, **conventions) -> Adapter
             raise ImplError(f"--impl: expected one of {names} or 'module:function', got {spec!r}")
         fn = _import(module_name, attr, spec)
         ours = module_name == KERNELS_MODULE or module_name.startswith(KERNELS_MODULE + ".")
-        package = module_name.partition(".")[0]
-        variants, forget = (our_compiled_variants, None) if ours else (triton_variants(package),
-                                                                       triton_variants_forget(package))
+        variants, forget = (our_compiled_variants, None) if ours else \
+            triton_variants(module_name.partition(".")[0]) or (None, None)
         adapter = Adapter(spec=spec, fn=fn, ours=ours, variants=variants, forget_variants=forget)
     try:
         return with_conventions(adapter, **conventions)
@@ -136,7 +135,8 @@ def _fla(name: str, device: str | None) -> Adapter:
     # fla_gpu.md), so it declares no gate floor. The recurrent form decays token by token.
     if not str(device or "").startswith("cuda"):
         dtypes, note = dtypes[:2], note + "; bfloat16 is not run under Triton's interpreter, which truncates its stores"
-    return Adapter(spec=name, fn=fn, variants=triton_variants("fla"), forget_variants=triton_variants_forget("fla"),
+    variants, forget = triton_variants("fla") or (None, None)
+    return Adapter(spec=name, fn=fn, variants=variants, forget_variants=forget,
                    keyword_tensors=True, dtypes=dtypes, dtypes_note=note, cu_seqlens_dtype="int64",
                    notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}", design=FLA, gate_floor=name != "fla-chunk")
 

@@ -9,9 +9,8 @@ from typing import Callable
 
 
 def unwrap(value, wanted: Callable[[object], bool]) -> object | None:
-    """The first object in `value`'s chain of Triton wrappers (`triton.heuristics` and
-    `triton.autotune` keep what they wrap in `.fn`, in the order they were applied) for which
-    `wanted` holds, or None. Any module attribute may come here: lookups that raise mean none."""
+    """The first object, from `value` inward through Triton's wrappers (`triton.heuristics` and
+    `triton.autotune` keep what they wrap in `.fn`), for which `wanted` holds, or None. Any module attribute may come here: lookups that raise mean none."""
     for _ in range(8):
         try:
             if wanted(value):
@@ -44,34 +43,24 @@ def _jit_kernels(package: str) -> dict[str, object]:
     return found
 
 
-def triton_variants(package: str) -> Callable[[], dict[str, int]] | None:
-    """A counter of compiled variants per kernel of `package` (Triton's per-device JIT cache,
-    every autotune config that was compiled counting as one), or None where nothing compiles:
-    under the interpreter (TRITON_INTERPRET=1, read when a kernel is decorated), or when the
-    package has no Triton kernels."""
+def triton_variants(package: str) -> tuple[Callable[[], dict[str, int]], Callable[[], None]] | None:
+    """(count, forget) for the compiled variants per kernel of `package`: count reads Triton's
+    per-device JIT caches (every autotune config that was compiled counting as one), forget
+    empties them. None where nothing compiles: under the interpreter (TRITON_INTERPRET=1, read
+    when a kernel is decorated), or when the package has no Triton kernels."""
     if os.environ.get("TRITON_INTERPRET") == "1" or not _jit_kernels(package):
         return None
-    from gdn_verify.kernels import jit_cache_size
+    from gdn_verify.kernels import clear_jit_cache, jit_cache_size
 
     def count() -> dict[str, int]:
         sizes = {name: jit_cache_size(kernel) for name, kernel in _jit_kernels(package).items()}
         return dict(sorted((name, n) for name, n in sizes.items() if n))
 
-    return count
-
-
-def triton_variants_forget(package: str) -> Callable[[], None] | None:
-    """What forgets the variants `triton_variants(package)` counts (Triton's in-memory JIT
-    caches of the package's kernels), or None where that counts nothing."""
-    if triton_variants(package) is None:
-        return None
-    from gdn_verify.kernels import clear_jit_cache
-
     def forget() -> None:
         for kernel in _jit_kernels(package).values():
             clear_jit_cache(kernel)
 
-    return forget
+    return count, forget
 
 
 def our_compiled_variants() -> dict[str, int]:

@@ -17,7 +17,7 @@ import torch
 from gdn_verify.adapters import Adapter, NotSupported
 from gdn_verify.conventions import alpha_of, l2_normalized, mod_head_order
 from gdn_verify.impls import ImplUnavailable
-from gdn_verify.variants import triton_variants, triton_variants_forget
+from gdn_verify.variants import triton_variants
 from gdn_verify.bitwise import bit_diff
 from gdn_verify.cases import dense, varlen
 from gdn_verify.impls import ImplError, resolve_impl
@@ -278,11 +278,12 @@ def test_triton_variants_count_compiled_kernels_through_wrappers(monkeypatch):
     monkeypatch.setitem(sys.modules, "fakepkg", types.ModuleType("fakepkg"))
     monkeypatch.setitem(sys.modules, "fakepkg.ops", module)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert triton_variants("fakepkg")() == {"ops.chunk_kernel": 3}
-    triton_variants_forget("fakepkg")()  # through the wrappers too
-    assert triton_variants("fakepkg")() == {}
+    count, forget = triton_variants("fakepkg")
+    assert count() == {"ops.chunk_kernel": 3}
+    forget()  # through the wrappers too
+    assert count() == {}
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreted kernels compile nothing
-    assert triton_variants("fakepkg") is None and triton_variants_forget("fakepkg") is None
+    assert triton_variants("fakepkg") is None
     monkeypatch.delenv("TRITON_INTERPRET")
     assert triton_variants("gdn_doubles") is None  # no Triton kernels
 

@@ -58,7 +58,6 @@ def test_ids_and_inputs_stable_across_processes():
     assert digest == inputs_digest(make_inputs(ALL["cpu"][-1]))
 
 
-
 def test_cases_listing_into_a_closed_pipe_ends_quietly():
     """`gdn-verify cases | head -1`: the listing stops at the closed pipe without a traceback.
     The full suite's ids (over 100 KB) overflow the pipe's buffer, so a write does fail."""
@@ -71,6 +70,7 @@ def test_cases_listing_into_a_closed_pipe_ends_quietly():
     assert first.strip().decode() == ALL["full"][0].id
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert proc.returncode != 0  # the listing is incomplete
+
 
 def test_round_trip_and_validation():
     for case in ALL["cpu"]:

@@ -337,7 +337,8 @@ def test_variant_audit_counts_launched_variants_once_autotuning_settled():
     count = lambda: {"o_kernel": len(compiled)}  # noqa: E731
     unsettled = variant_audit(Adapter("tuning", autotuned, ours=False, variants=count), "cpu")
     assert unsettled.after_t64 == {"o_kernel": configs} and not unsettled.settled  # timing compiles counted
-    tuned.clear(), compiled.clear()
+    tuned.clear()
+    compiled.clear()
     audit = variant_audit(Adapter("tuning", autotuned, ours=False, variants=count, forget_variants=compiled.clear),
                           "cpu")
     assert audit.settled and audit.after_t64 == {"o_kernel": 1} and audit.after_sweep == {"o_kernel": 2}
