@@ -30,9 +30,9 @@
 #                                          #  variant audit, whose autotuning in every shard at once
 #                                          #  outlasted the step's limit
 #
-# record writes the store inside the tree the device call copied: a later call on the same
-# machine that carries that tree again replaces the store with the uncommitted copy's. Run the
-# diff after record in the same call, or in a call that does not carry the tree.
+# record writes the store inside the tree the device call copied, and a later call copies the tree
+# again: run the diff in the same call as the record, or unpack the record's fla_store.tgz into
+# the tree the next call carries (each dtype's record adds to the store the one before wrote).
 #   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:

@@ -1,13 +1,17 @@
-"""fla_golden_diff_other_machine.json, which benchmarks/fla_summary.py reads, from the
-`golden diff --json` reports of `benchmarks/fla_gpu.sh diff` shards run on another machine than
-the one that wrote the store.
+"""The JSON benchmarks/fla_summary.py reads for a `golden diff` phase, from the `golden diff
+--json` reports of `benchmarks/fla_gpu.sh diff` shards: fla_golden_diff_fresh_processes.json
+(processes other than the one that wrote the store), fla_golden_diff_fresh_tuning.json (the same,
+with Triton's autotune cache deleted first: FLA_FRESH_TUNING=1) or
+fla_golden_diff_other_machine.json (another machine than the store's).
 
-    python3 benchmarks/fla_other_machine.py --out DIR/fla_golden_diff_other_machine.json \\
+    python3 benchmarks/fla_diff_shards.py --out DIR/fla_golden_diff_other_machine.json \\
         --device "a third machine: ..." --store "..." --date 2026-12-07 --selected 29 \\
         [--cause TEXT] SHARD.diff.json ...
 
 Shards the step's limit stopped before any report are the difference between --selected and the
-reports given; a case a shard reached but could not finish is an `error`.
+reports given; a case a shard reached but could not finish is an `error`. Beside the cases, it
+sums up what every shard replayed of the store's autotune record and tuned itself, and the
+variant audit each shard counted (absent where the diff ran with --no-audit).
 """
 
 from __future__ import annotations
@@ -41,7 +45,14 @@ def summary(reports: list[dict]) -> dict:
             if case["status"] == "different":
                 different.append({"case": case["case_id"],
                                   "tensors": {name: tensor_row(t) for name, t in case["detail"].items()}})
-    return {"cases": cases, "different": different, "totals": dict(Counter(cases.values()).most_common())}
+    autotune = Counter((r["autotune"]["recorded"], r["autotune"]["replayed"], len(r["autotune"]["tuned_here"]),
+                        len(r["autotune"]["not_replayed"])) for r in reports if r.get("autotune"))
+    audits = Counter((a["detail"], bool(a.get("settled"))) for r in reports if (a := r.get("variants_after")))
+    return {"cases": cases, "different": different, "totals": dict(Counter(cases.values()).most_common()),
+            "autotune": [{"shards": n, "recorded": rec, "replayed": rep, "tuned_here": tuned, "not_replayed": missed}
+                         for (rec, rep, tuned, missed), n in autotune.most_common()],
+            "variant_audit": [{"shards": n, "detail": detail, "settled": settled}
+                              for (detail, settled), n in audits.most_common()]}
 
 
 def main(argv: list[str] | None = None) -> int:
