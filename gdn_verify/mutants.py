@@ -63,8 +63,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "block-size-from-t",
         "block size derived from T for short batches (BT = next_power_of_2(T) below 64)",
-        (Edit("cumsum.py", "                  FLOOR: tl.constexpr):",
-              "                  FLOOR: tl.constexpr, BT: tl.constexpr):"),
+        (Edit("cumsum.py", "FLOOR: tl.constexpr):", "FLOOR: tl.constexpr, BT: tl.constexpr):"),
          Edit("cumsum.py", "rows = tl.arange(0, CHUNK)", "rows = tl.arange(0, BT)"),
          Edit("cumsum.py", "BLOCK_HV=next_power_of_2(HV),",
               "BLOCK_HV=next_power_of_2(HV), BT=min(CHUNK.value, next_power_of_2(g.shape[1])),")),
@@ -111,11 +110,11 @@ MUTANTS: tuple[Mutant, ...] = (
         "a zero-length sequence shifts the chunk map of the sequences after it "
         "(sequence of a chunk counted from chunks with local index 0)",
         (Edit("chunk_map.py",
-              "        chunk_seq = torch.repeat_interleave(\n"
-              "            torch.arange(problem.N, dtype=torch.int32, device=device), counts, output_size=n_chunks)",
-              "        local_chunk = torch.arange(n_chunks, device=device) - torch.repeat_interleave(\n"
-              "            seq_first_chunk[:-1], counts, output_size=n_chunks)\n"
-              "        chunk_seq = (local_chunk == 0).cumsum(0, dtype=torch.int32) - 1"),),
+              "    chunk_seq = torch.repeat_interleave(\n"
+              "        torch.arange(problem.N, dtype=torch.int32, device=device), counts, output_size=n_chunks)",
+              "    local_chunk = torch.arange(n_chunks, device=device) - torch.repeat_interleave(\n"
+              "        seq_first_chunk[:-1], counts, output_size=n_chunks)\n"
+              "    chunk_seq = (local_chunk == 0).cumsum(0, dtype=torch.int32) - 1"),),
         kills=("varlen-5.0.70-h1x2-d16-f32-beta1",),
     ),
     Mutant(
@@ -133,8 +132,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "partial-chunk-length-off-by-one",
         "the last partial chunk's length one short",
-        (Edit("chunk_map.py", "length = tl.minimum(tl.load(seq_start_ptr + seq + 1) - first_token, CHUNK)",
-              "remaining = tl.load(seq_start_ptr + seq + 1) - first_token\n"
+        (Edit("chunk_map.py", "length = tl.minimum(eos - first_token, CHUNK)",
+              "remaining = eos - first_token\n"
               "    length = tl.where(remaining < CHUNK, remaining - 1, CHUNK)"),),
         kills=("dense-b1-t2-h1x2-d16-f64-beta1",),
     ),

@@ -77,6 +77,10 @@ def _run_stages(q, k, v, g, beta, initial_state, output_final_state, l2norm, pro
             calls[name] = lambda: fn(*args, **kwargs)
         return fn(*args, **kwargs)
 
+    # Every launcher makes its inputs contiguous; done here once, a strided input (q, k and v as
+    # views of one fused projection) is copied once, not by each of the up to three stages that
+    # read it. An input already contiguous is returned as is, without a torch op.
+    q, k, v, g, beta = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous()
     g_cum = stage("cumsum", cumsum, g, chunks, acc)
     norms = stage("l2norm", l2norm_factors, q, k, acc) if l2norm else None
     rk = norms[1] if l2norm else None
@@ -100,8 +104,9 @@ _compiled_configs: set[tuple] = set()
 
 
 def _unpadded_state(state: torch.Tensor | None, K: int) -> torch.Tensor | None:
-    """A [.., K_padded, V] state tensor without _aligned_k's zero rows."""
-    return None if state is None else state[:, :, :K]
+    """A [.., K_padded, V] state tensor without _aligned_k's zero rows (the tensor itself when
+    none were added: slicing off nothing still costs a torch op, an alias)."""
+    return state if state is None or state.shape[2] == K else state[:, :, :K]
 
 
 def chunk_gated_delta_rule(

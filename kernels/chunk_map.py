@@ -5,21 +5,25 @@ Dense inputs (B sequences of T tokens) are treated as B packed sequences of the 
 chunk of a sequence may be partial and a zero-length sequence has none. Chunks are numbered
 globally in sequence order (docs/design.md, 'Chunked form').
 
-The map is built with torch ops on the inputs' device, without reading anything back. Its size,
-the chunk count NT, is known on the host because the contract already read cu_seqlens once to
-validate it (Problem.seq_lens); that read is the only host sync of a packed call and none
-happens for dense inputs. Kernels receive these tensors and every T-dependent count as runtime
-values, so no specialization key depends on sequence lengths.
+For dense inputs the map is arithmetic: the kernels compute a chunk's sequence and span from T
+(`seq_len`), and no map tensor is built, so a dense call spends no torch op on it and a
+CUDA-graph capture of one records no map. For packed inputs it is built with torch ops on the
+inputs' device, without reading anything back: each sequence's first token and first chunk, and
+each chunk's sequence. Its size, the chunk count NT, is known on the host because the contract
+already read cu_seqlens once to validate it (Problem.seq_lens); that read is the only host sync
+of a packed call. No map is kept between calls: one kept per cu_seqlens could go stale when
+the caller rewrites that tensor in place, and one built inside a CUDA-graph capture holds values
+only once the graph replays.
 
-What is stored is the smallest map a kernel can read a chunk from: each sequence's first token
-and first chunk, and each chunk's sequence. A chunk's first token and length follow from those
-with two scalar loads (`chunk_span`), which keeps the map to 4 small device ops for a dense call
-and 8 for a packed one: at short sequences the host's per-op cost, not the device, bounds the
-latency.
+Both kinds of call launch the same compiled variant of each kernel: `seq_len` is a runtime
+argument exempt from specialization (-1 for packed inputs) and a dense call passes one
+never-read int32 placeholder for the map's pointers, so no specialization key depends on T,
+on sequence lengths or on the kind of call.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -30,67 +34,105 @@ from gdn_verify.contract import Problem
 
 from ._common import CHUNK, CHUNK_SIZE
 
+# seq_len of a packed map: the kernels read the map's tensors.
+PACKED = -1
+
 
 class ChunkMap(NamedTuple):
-    seq_start: torch.Tensor  # [N + 1] int32: first (flattened) token of each sequence, then B * T
-    seq_first_chunk: torch.Tensor  # [N + 1] int32: first chunk of each sequence, then NT
-    chunk_seq: torch.Tensor  # [NT] int32: sequence of each chunk
+    # Packed inputs: [N + 1] int32 first (flattened) token of each sequence, then B * T.
+    # Dense inputs: the placeholder (the kernels never read it).
+    seq_start: torch.Tensor
+    seq_first_chunk: torch.Tensor  # [N + 1] int32: first chunk of each sequence, then NT (dense: the placeholder)
+    chunk_seq: torch.Tensor  # [NT] int32: sequence of each chunk (dense: the placeholder)
     n_chunks: int  # NT
+    n_seqs: int  # N
+    seq_len: int  # tokens of every sequence for dense inputs, PACKED for packed ones
 
     @property
-    def span_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pointer arguments of `chunk_span`, in its order."""
-        return self.chunk_seq, self.seq_start, self.seq_first_chunk
+    def span_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The arguments of `chunk_span` after the chunk, in its order."""
+        return self.chunk_seq, self.seq_start, self.seq_first_chunk, self.seq_len
 
     @property
-    def n_seqs(self) -> int:
-        return self.seq_start.shape[0] - 1
+    def sequence_args(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The arguments of `sequence_span` after the sequence, in its order."""
+        return self.seq_start, self.seq_first_chunk, self.seq_len
+
+    def _chunk_sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[NT] each chunk's index, its sequence's first and end token and first chunk, as
+        `chunk_span` finds them."""
+        index = torch.arange(self.n_chunks, device=self.chunk_seq.device)
+        if self.seq_len == PACKED:
+            seq = self.chunk_seq.long()
+            return index, self.seq_start[seq], self.seq_start[seq + 1], self.seq_first_chunk[seq]
+        per_seq = max(-(-self.seq_len // CHUNK_SIZE), 1)
+        seq = torch.div(index, per_seq, rounding_mode="floor")
+        return index, seq * self.seq_len, (seq + 1) * self.seq_len, seq * per_seq
 
     @property
     def chunk_start(self) -> torch.Tensor:
         """[NT] first (flattened) token of each chunk, as `chunk_span` computes it."""
-        index = torch.arange(self.n_chunks, device=self.chunk_seq.device)
-        seq = self.chunk_seq.long()
-        return self.seq_start[seq] + CHUNK_SIZE * (index - self.seq_first_chunk[seq])
+        index, first_token, _, first_chunk = self._chunk_sequences()
+        return first_token + CHUNK_SIZE * (index - first_chunk)
 
     @property
     def chunk_len(self) -> torch.Tensor:
         """[NT] tokens in each chunk, 1..64, as `chunk_span` computes it."""
-        return torch.clamp(self.seq_start[self.chunk_seq.long() + 1] - self.chunk_start, max=CHUNK_SIZE)
+        _, _, end_token, _ = self._chunk_sequences()
+        return torch.clamp(end_token - self.chunk_start, max=CHUNK_SIZE)
 
 
 def chunk_count(seq_lens) -> int:
     return sum(-(-n // CHUNK_SIZE) for n in seq_lens)
 
 
-def _multiples(count: int, step: int, device) -> torch.Tensor:
-    """[0, step, 2 step, ...] (count values), int32, in one op."""
-    if step == 0:
-        return torch.zeros(count, dtype=torch.int32, device=device)
-    return torch.arange(0, count * step, step, dtype=torch.int32, device=device)
+@functools.cache
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """The dense map's pointer arguments: one int32 element per device, allocated once and never
+    read or written (torch.empty launches nothing, so a first call inside a CUDA-graph capture
+    records nothing for it either)."""
+    return torch.empty(1, dtype=torch.int32, device=device)
 
 
 def build_chunk_map(problem: Problem, cu_seqlens: torch.Tensor | None, device) -> ChunkMap:
     n_chunks = chunk_count(problem.seq_lens)
     if cu_seqlens is None:
-        per_seq = -(-problem.T // CHUNK_SIZE)
-        seq_start = _multiples(problem.B + 1, problem.T, device)
-        seq_first_chunk = _multiples(problem.B + 1, per_seq, device)
-        chunk_seq = torch.div(torch.arange(n_chunks, dtype=torch.int32, device=device), max(per_seq, 1),
-                              rounding_mode="floor")
-    else:
-        seq_start = cu_seqlens.to(device=device, dtype=torch.int32)
-        counts = torch.div(torch.diff(seq_start) + (CHUNK_SIZE - 1), CHUNK_SIZE, rounding_mode="floor")
-        seq_first_chunk = torch.nn.functional.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
-        chunk_seq = torch.repeat_interleave(
-            torch.arange(problem.N, dtype=torch.int32, device=device), counts, output_size=n_chunks)
-    return ChunkMap(seq_start, seq_first_chunk, chunk_seq, n_chunks)
+        unused = _placeholder(torch.device(device))
+        return ChunkMap(unused, unused, unused, n_chunks, problem.B, problem.T)
+    seq_start = cu_seqlens.to(device=device, dtype=torch.int32)
+    counts = torch.div(torch.diff(seq_start) + (CHUNK_SIZE - 1), CHUNK_SIZE, rounding_mode="floor")
+    seq_first_chunk = torch.nn.functional.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
+    chunk_seq = torch.repeat_interleave(
+        torch.arange(problem.N, dtype=torch.int32, device=device), counts, output_size=n_chunks)
+    return ChunkMap(seq_start, seq_first_chunk, chunk_seq, n_chunks, problem.N, PACKED)
 
 
 @triton.jit
-def chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr):
+def sequence_span(seq, seq_start_ptr, seq_first_chunk_ptr, seq_len):
+    """(first token, end token, both int64, first chunk, end chunk) of sequence `seq`: read from
+    the map for packed inputs (seq_len < 0), computed from seq_len for dense ones."""
+    if seq_len < 0:
+        bos = tl.load(seq_start_ptr + seq).to(tl.int64)
+        eos = tl.load(seq_start_ptr + seq + 1).to(tl.int64)
+        first_chunk = tl.load(seq_first_chunk_ptr + seq)
+        end_chunk = tl.load(seq_first_chunk_ptr + seq + 1)
+    else:
+        per_seq = tl.cdiv(seq_len, CHUNK)
+        bos = tl.cast(seq, tl.int64) * seq_len
+        eos = bos + seq_len
+        first_chunk = seq * per_seq
+        end_chunk = first_chunk + per_seq
+    return bos, eos, first_chunk, end_chunk
+
+
+@triton.jit
+def chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len):
     """(first token as int64, number of tokens) of chunk `chunk`."""
-    seq = tl.load(chunk_seq_ptr + chunk)
-    first_token = tl.load(seq_start_ptr + seq).to(tl.int64) + CHUNK * (chunk - tl.load(seq_first_chunk_ptr + seq))
-    length = tl.minimum(tl.load(seq_start_ptr + seq + 1) - first_token, CHUNK)
+    if seq_len < 0:
+        seq = tl.load(chunk_seq_ptr + chunk)
+    else:
+        seq = chunk // tl.cdiv(seq_len, CHUNK)
+    bos, eos, first_chunk, _ = sequence_span(seq, seq_start_ptr, seq_first_chunk_ptr, seq_len)
+    first_token = bos + CHUNK * (chunk - first_chunk)
+    length = tl.minimum(eos - first_token, CHUNK)
     return first_token, length

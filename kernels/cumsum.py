@@ -21,12 +21,12 @@ from .chunk_map import ChunkMap, chunk_span
 NUM_WARPS = 2
 
 
-@triton.jit
-def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, HV, BLOCK_HV: tl.constexpr,
-                  FLOOR: tl.constexpr):
+@triton.jit(do_not_specialize=["seq_len"])
+def cumsum_kernel(g_ptr, g_cum_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len, HV,
+                  BLOCK_HV: tl.constexpr, FLOOR: tl.constexpr):
     """One program per chunk, all value heads: the chunk's [len, HV] gates are contiguous."""
     chunk = tl.program_id(0)
-    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len)
     rows = tl.arange(0, CHUNK)
     heads = tl.arange(0, BLOCK_HV)
     mask = (rows < length)[:, None] & (heads < HV)[None, :]

@@ -164,9 +164,9 @@ def _store_diagonal(ptr, tiles, t0, length, hv, HV):
     tl.store(ptr + (t0 + rows) * (HV * CHUNK) + hv * CHUNK + cols, tiles, mask=rows < length)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seq_len"])
 def kkt_solve_kernel(
-    k_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, a_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
+    k_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, a_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len,
     H, HV, K, GROUP,
     BK: tl.constexpr, K_STEP: tl.constexpr, L2NORM: tl.constexpr, STORE_A: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -176,7 +176,7 @@ def kkt_solve_kernel(
     hv = tl.program_id(1)
     kh = hv // GROUP
     ACC: tl.constexpr = tm_ptr.dtype.element_ty
-    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len)
 
     # k_i k_j^T in slices of the key dimension (whole [16, BK] operands for all four token
     # blocks would not fit in registers): the diagonal blocks as one batched dot, the six below

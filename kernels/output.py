@@ -35,10 +35,10 @@ CHUNKS_PER_PROGRAM = 4
 KEY_BLOCK = 64
 
 
-@triton.jit(do_not_specialize=["n_chunks"])
+@triton.jit(do_not_specialize=["seq_len", "n_chunks"])
 def output_kernel(
     q_ptr, k_ptr, g_cum_ptr, rq_ptr, rk_ptr, h_ptr, v_new_ptr, o_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
-    n_chunks, scale_hi, scale_lo, H, HV, K, V, GROUP,
+    seq_len, n_chunks, scale_hi, scale_lo, H, HV, K, V, GROUP,
     BK: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, CHUNKS: tl.constexpr, L2NORM: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -58,7 +58,7 @@ def output_kernel(
     scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
     first = group * CHUNKS
     for chunk in tl.range(loop_bound(first), loop_bound(tl.minimum(first + CHUNKS, n_chunks))):
-        t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+        t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len)
         valid = rows < length
         qk_base = (t0 * H + kh) * K
         state_base = (tl.cast(chunk, tl.int64) * HV + hv) * K * V

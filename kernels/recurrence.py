@@ -25,7 +25,7 @@ from ._alloc import new_output
 from ._common import CHUNK, block_size, cdiv, masked_exp, raw_dot, split_operand
 from ._launch import launch
 from ._triton_compat import dot, loop_bound
-from .chunk_map import ChunkMap
+from .chunk_map import ChunkMap, sequence_span
 
 # 4 warps, BV = 32 (state_value_block), the chunk loop pipelined 3 deep: the fastest
 # configuration timed on sm_90 over one long sequence and packed short ones together (BV = 16 is
@@ -51,10 +51,10 @@ def state_value_block(K: int, V: int) -> int:
     return min(block_size(V), 32 if block_size(K) <= 128 else 16)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seq_len"])
 def recurrence_kernel(
     k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, h0_ptr, ht_ptr, h_ptr, v_new_ptr,
-    seq_start_ptr, seq_first_chunk_ptr, H, HV, K, V, GROUP,
+    seq_start_ptr, seq_first_chunk_ptr, seq_len, H, HV, K, V, GROUP,
     BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, HAS_H0: tl.constexpr,
     STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -68,10 +68,7 @@ def recurrence_kernel(
     kh = hv // GROUP
     ACC: tl.constexpr = g_cum_ptr.dtype.element_ty
     RAW: tl.constexpr = k_ptr.dtype.element_ty
-    bos = tl.load(seq_start_ptr + n).to(tl.int64)
-    eos = tl.load(seq_start_ptr + n + 1).to(tl.int64)
-    first_chunk = tl.load(seq_first_chunk_ptr + n)
-    end_chunk = tl.load(seq_first_chunk_ptr + n + 1)
+    bos, eos, first_chunk, end_chunk = sequence_span(n, seq_start_ptr, seq_first_chunk_ptr, seq_len)
     rows = tl.arange(0, CHUNK)
     kcols = tl.arange(0, BK)
     vcols = vb * BV + tl.arange(0, BV)
@@ -146,7 +143,7 @@ def recurrence(
                placeholder if rk is None else rk, tm,
                initial_state.contiguous() if has_h0 else placeholder,
                final_state if output_final_state else placeholder, h, v_new,
-               chunks.seq_start, chunks.seq_first_chunk, H, HV, K, V, HV // H,
+               *chunks.sequence_args, H, HV, K, V, HV // H,
                BK=block_size(K), BV=BV, L2NORM=rk is not None, HAS_H0=has_h0, STORE_FINAL=output_final_state,
                PRECISION=precision, num_warps=NUM_WARPS,
                num_stages=pipeline_stages(k.dtype))

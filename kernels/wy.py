@@ -26,10 +26,10 @@ NUM_WARPS = 8
 _PRECISION = "ieee"
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seq_len"])
 def wy_kernel(
     k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, w_ptr, u_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
-    H, HV, K, V, GROUP,
+    seq_len, H, HV, K, V, GROUP,
     BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One program per (chunk, value head), all of K and V."""
@@ -37,7 +37,7 @@ def wy_kernel(
     hv = tl.program_id(1)
     kh = hv // GROUP
     ACC: tl.constexpr = tm_ptr.dtype.element_ty
-    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr)
+    t0, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len)
     rows = tl.arange(0, CHUNK)
     kcols = tl.arange(0, BK)
     vcols = tl.arange(0, BV)
