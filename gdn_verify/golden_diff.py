@@ -19,6 +19,9 @@ DIGEST_ONLY_HINT = (
     "--goldens SCRATCH` on this one"
 )
 
+# Rows of kept unused goldens a regen table lists by name (the headline counts them all): a run
+# of one dtype's or one shard's cases leaves most of a store unused.
+UNUSED_ROWS = 10
 SUMMARY_COUNTS = ("n_nan", "n_posinf", "n_neginf")
 SUMMARY_VALUES = ("finite_sum", "finite_l2", "finite_max_abs")
 
@@ -203,7 +206,8 @@ class RegenReport:
     the store's directory, every one (files the replaced manifest named and the new one does
     not, and what an interrupted writer left). autotune_conflicts: keys this writer's autotuners
     settled otherwise than the store records (its goldens of the cases using them may follow
-    another config than the record's).
+    another config than the record's). autotune_recorded / autotune_added: the choices the
+    store's record holds after the write, and how many of them this writer added.
     """
 
     platform_key: str
@@ -225,6 +229,8 @@ class RegenReport:
     prune_refused: str | None = None
     deleted: list[str] = field(default_factory=list)
     autotune_conflicts: list[str] = field(default_factory=list)  # gdn_verify.autotune.conflicts
+    autotune_recorded: int = 0
+    autotune_added: int = 0
     autotune_not_recorded: bool = False  # the store's goldens predate autotune records (no --force)
 
     @property
@@ -276,7 +282,11 @@ class RegenReport:
             for c in self.inputs_changed
         ]
         rows += [(c.case_id, "corrupt" + (", rewritten" if c.rewritten else ", kept"), c.note) for c in self.corrupt]
-        rows += [(cid, "pruned" if cid in self.pruned else "unused", "in the store, not in this run") for cid in self.unused]
+        rows += [(cid, "pruned", "in the store, not in this run") for cid in self.pruned]
+        kept = [cid for cid in self.unused if cid not in self.pruned]
+        rows += [(cid, "unused", "in the store, not in this run") for cid in kept[:UNUSED_ROWS]]
+        if len(kept) > UNUSED_ROWS:  # a run of a few cases leaves the rest of the store unused
+            rows.append((f"({len(kept) - UNUSED_ROWS} more)", "unused", "in the store, not in this run"))
         cap = f"bits unchanged; payload follows the {self.max_tensor_bytes}-byte cap"
         rows += [(cid, "re-stored", cap) for cid in self.restored]
         rows += [(name, "file deleted", "") for name in self.deleted]

@@ -330,6 +330,9 @@ def regenerate(
         if autotune and old is not None and old["cases"] and AUTOTUNE_KEY not in old and not force:
             report.autotune_not_recorded, autotune = True, None
         report.autotune_conflicts = autotune_conflicts((old or {}).get(AUTOTUNE_KEY), autotune or {})
+        before, after = (sum(map(len, record.values())) for record in
+                         ((old or {}).get(AUTOTUNE_KEY) or {}, _autotune_key(old, autotune).get(AUTOTUNE_KEY, {})))
+        report.autotune_recorded, report.autotune_added = after, after - before
         _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}

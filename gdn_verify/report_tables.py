@@ -35,6 +35,9 @@ def print_regen(console: Console, regen, implementation: str, audit: dict | None
     if regen.autotune_not_recorded:
         _line(console, "autotune choices not recorded: the store's goldens predate autotune records; "
                        "`golden regen --force` rewrites the goldens that differ and records them")
+    if regen.autotune_recorded:
+        n = regen.autotune_recorded
+        _line(console, f"autotune record: {n} choice{'s' if n != 1 else ''}, {regen.autotune_added} added by this run")
     for conflict in regen.autotune_conflicts:
         _line(console, f"autotune conflict (the record keeps its choice; rewrite the cases that use this key "
                        f"in one process with --force): {conflict}")

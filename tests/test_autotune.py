@@ -132,6 +132,10 @@ def _edit_manifest(path, edit) -> None:
 def test_goldens_record_the_choices_and_a_diff_on_another_machine_replays_them(tmp_path, capsys):
     store, manifest_path = _store(tmp_path)
     assert json.loads(manifest_path.read_text())["autotune"] == {NAME: {key_text(double.KEY): config_json(LARGE)}}
+    assert "autotune record: 1 choice, 1 added by this run" in capsys.readouterr().out
+    # A second writer replays the recorded choice and adds none.
+    assert _cli("golden", "regen", "--goldens", str(store), cases="^dense-b2-t65") == 0
+    assert "autotune record: 1 choice, 0 added by this run" in capsys.readouterr().out
 
     # Another machine, whose autotuning chose BLOCK 8: the recorded choice is replayed, bits equal.
     _machine(SMALL)

@@ -326,6 +326,23 @@ def test_report_json_and_regen_table(tmp_path, fp):
     assert "replaced" in text and "gone" in text and "unused" in text
 
 
+def test_regen_table_names_ten_unused_goldens_and_counts_the_rest(tmp_path, fp):
+    from rich.console import Console
+
+    from gdn_verify.golden_diff import UNUSED_ROWS
+    from gdn_verify.report_tables import regen_table
+
+    ids = [f"c{i:02d}" for i in range(UNUSED_ROWS + 3)]
+    regenerate(tmp_path, fp, run_items([(cid, i) for i, cid in enumerate(ids)]))
+    report = regenerate(tmp_path, fp, run_items([("c00", 0)]))
+    assert report.unused == ids[1:]
+    console = Console(record=True, width=200)
+    console.print(regen_table(report))
+    text = console.export_text()
+    assert all(cid in text for cid in ids[1:UNUSED_ROWS + 1]) and ids[-1] not in text
+    assert "(2 more)" in text and f"{UNUSED_ROWS + 2} unused" in text
+
+
 # --- size cap: tensors over the store's cap are stored as their digest only ----------------------
 
 
