@@ -5,7 +5,9 @@ benchmarks/bench_kernels.py runs (bf16, H = 16, HV = 32, K = V = 128, l2norm in 
 initial and final state) with each stage module's launch constants, times every compiler stage,
 and reads registers and spills from `ptxas -v`. Cold start on the card is the sum of these
 compiles plus CUDA and torch start-up, so a compile-time regression shows here, on a CPU
-machine, before any GPU run.
+machine, before any GPU run. Each kernel's floating-point PTX instructions, in order, are
+counted and digested (`fp_ops`): a change meant to leave the bits alone (host path, indexing)
+that leaves every digest as it was changed no floating-point operation of this variant.
 
     python benchmarks/compile_sm90.py [--json compile_sm90.json]
 
@@ -17,6 +19,7 @@ import os
 os.environ.pop("TRITON_INTERPRET", None)  # before Triton is imported: compile, never interpret
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -101,6 +104,17 @@ def timed_stages(times: dict):
     CUDABackend.add_stages = add_stages
 
 
+# A floating-point PTX instruction: opcode and modifiers on an f32/f16/bf16/tf32/f64 type.
+FP_OP = re.compile(r"^\s*((?:fma|add|sub|mul|div|rcp|ex2|lg2|sqrt|max|min|mma|wgmma|cvt)\.[a-z0-9.]*"
+                   r"(?:f32|f16|bf16|f64|tf32)[a-z0-9.]*)", re.MULTILINE)
+
+
+def fp_ops(ptx: str) -> dict:
+    """The count and a digest of the floating-point instructions of `ptx`, in order."""
+    ops = FP_OP.findall(ptx)
+    return {"count": len(ops), "sha256": hashlib.sha256("\n".join(ops).encode()).hexdigest()[:16]}
+
+
 def ptxas_report(ptx: str) -> dict:
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +144,8 @@ def main() -> int:
         os.environ["TRITON_CACHE_DIR"] = cache
         triton.compile(source(fn, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
     print(f"triton {triton.__version__}, target sm_90; bf16 H={H} HV={HV} K={K} V={V}, l2norm")
-    print(f"{'kernel':<12} {'compile s':>9} {'registers':>9} {'spills st/ld':>13}  slowest stages")
+    print(f"{'kernel':<12} {'compile s':>9} {'registers':>9} {'spills st/ld':>13} {'fp ops':>6} {'fp digest':<16}  "
+          "slowest stages")
     for name, fn, constexprs, options in kernels():
         stage_times.clear()
         with tempfile.TemporaryDirectory() as cache:
@@ -139,10 +154,12 @@ def main() -> int:
             compiled = triton.compile(source(fn, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
             seconds = time.perf_counter() - t
         row = {"kernel": name, "compile_s": round(seconds, 2), "stages_s": dict(stage_times),
-               "options": options, **ptxas_report(compiled.asm["ptx"])}
+               "options": options, **ptxas_report(compiled.asm["ptx"]), "fp_ops": fp_ops(compiled.asm["ptx"])}
         rows.append(row)
         slow = ", ".join(f"{k} {v}" for k, v in sorted(stage_times.items(), key=lambda kv: -kv[1])[:2])
-        print(f"{name:<12} {seconds:>9.2f} {row['registers'] or '-':>9} {str(row['spill_bytes']):>13}  {slow}")
+        fp = row["fp_ops"]
+        print(f"{name:<12} {seconds:>9.2f} {row['registers'] or '-':>9} {str(row['spill_bytes']):>13} "
+              f"{fp['count']:>6} {fp['sha256']:<16}  {slow}")
     total = sum(r["compile_s"] for r in rows)
     print(f"{'total':<12} {total:>9.2f}")
     from gdn_verify.platform import fingerprint

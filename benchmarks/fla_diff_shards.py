@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cause", help="what explains the differences, if known")
     args = parser.parse_args(argv)
     reports = [json.loads(path.read_text()) for path in args.reports]
-    out = {"command": args.command, "device": args.device, "date": args.date, "store": args.store, "added_here": [],
+    out = {"command": args.command, "device": args.device, "date": args.date, "store": args.store,
            "shards": len(reports), "shards_selected": args.selected, **summary(reports)}
     if args.cause:
         out["cause"] = args.cause

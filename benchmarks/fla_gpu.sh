@@ -29,11 +29,11 @@
 #                                          #  before is reused, as on a fresh machine; without the
 #                                          #  variant audit, whose autotuning in every shard at once
 #                                          #  outlasted the step's limit
+#   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # record writes the store inside the tree the device call copied, and a later call copies the tree
 # again: run the diff in the same call as the record, or unpack the record's fla_store.tgz into
 # the tree the next call carries (each dtype's record adds to the store the one before wrote).
-#   bash benchmarks/fla_gpu.sh proof       # diff, change and ours in one call
 #
 # Cases run in shards of one compile combination each (benchmarks/gpu_shards.py), P at a time:
 # Triton compiles and FLA autotunes each combination cold, and compiling is what takes the time.

@@ -282,11 +282,13 @@ class RegenReport:
             for c in self.inputs_changed
         ]
         rows += [(c.case_id, "corrupt" + (", rewritten" if c.rewritten else ", kept"), c.note) for c in self.corrupt]
-        rows += [(cid, "pruned", "in the store, not in this run") for cid in self.pruned]
-        kept = [cid for cid in self.unused if cid not in self.pruned]
-        rows += [(cid, "unused", "in the store, not in this run") for cid in kept[:UNUSED_ROWS]]
-        if len(kept) > UNUSED_ROWS:  # a run of a few cases leaves the rest of the store unused
-            rows.append((f"({len(kept) - UNUSED_ROWS} more)", "unused", "in the store, not in this run"))
+        # A prune that ran removed every unused golden, each named; kept ones are named up to
+        # UNUSED_ROWS (a run of a few cases leaves the rest of the store unused).
+        shown = self.unused if self.pruned else self.unused[:UNUSED_ROWS]
+        outcome = "pruned" if self.pruned else "unused"
+        rows += [(cid, outcome, "in the store, not in this run") for cid in shown]
+        if len(shown) < len(self.unused):
+            rows.append((f"({len(self.unused) - len(shown)} more)", "unused", "in the store, not in this run"))
         cap = f"bits unchanged; payload follows the {self.max_tensor_bytes}-byte cap"
         rows += [(cid, "re-stored", cap) for cid in self.restored]
         rows += [(name, "file deleted", "") for name in self.deleted]

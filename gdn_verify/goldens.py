@@ -265,10 +265,9 @@ def _identity_keys(old: dict | None, identity: dict | None, variant_audit: dict 
     return out
 
 
-def _autotune_key(old: dict | None, autotune: dict | None) -> dict:
-    """The manifest's "autotune": the old manifest's choices plus this writer's, if any."""
-    recorded = merged((old or {}).get(AUTOTUNE_KEY), autotune or {})
-    return {AUTOTUNE_KEY: recorded} if recorded else {}
+def _choice_count(record: dict) -> int:
+    """Autotune choices in a record ({kernel: {key: config}})."""
+    return sum(map(len, record.values()))
 
 
 def regenerate(
@@ -329,10 +328,12 @@ def regenerate(
         # than this writer's: its record starts only when every golden may follow it (--force).
         if autotune and old is not None and old["cases"] and AUTOTUNE_KEY not in old and not force:
             report.autotune_not_recorded, autotune = True, None
-        report.autotune_conflicts = autotune_conflicts((old or {}).get(AUTOTUNE_KEY), autotune or {})
-        before, after = (sum(map(len, record.values())) for record in
-                         ((old or {}).get(AUTOTUNE_KEY) or {}, _autotune_key(old, autotune).get(AUTOTUNE_KEY, {})))
-        report.autotune_recorded, report.autotune_added = after, after - before
+        # The manifest's "autotune": the old record's choices plus the keys this writer adds.
+        old_record = (old or {}).get(AUTOTUNE_KEY) or {}
+        record = merged(old_record, autotune or {})
+        report.autotune_conflicts = autotune_conflicts(old_record, autotune or {})
+        report.autotune_recorded = _choice_count(record)
+        report.autotune_added = report.autotune_recorded - _choice_count(old_record)
         _clean_interrupted_write(directory, old, report.deleted)
         store = PlatformGoldens(directory, old) if old is not None else None
         cases: dict[str, dict] = dict(old["cases"]) if old is not None else {}
@@ -400,7 +401,7 @@ def regenerate(
         report.n_tensors, report.n_digest_only = len(stored_as), stored_as.count(STORED_DIGEST)
 
         if (old is not None and not rewritten and not report.pruned and max_tensor_bytes == old["max_tensor_bytes"]
-                and _autotune_key(old, autotune) == _autotune_key(old, None)):
+                and not report.autotune_added):
             # Nothing changed: the manifest (and its dates) stay as they are.
             return report
         if pending:
@@ -420,7 +421,7 @@ def regenerate(
             "git_commit": fp.get("git_commit"),
             "date": now,
             **_identity_keys(old, identity, variant_audit),
-            **_autotune_key(old, autotune),
+            **({AUTOTUNE_KEY: record} if record else {}),
             "max_tensor_bytes": max_tensor_bytes,
             "cases": cases,
         }

@@ -65,8 +65,7 @@ def resolve_impl(spec: str, device: str | None = None, **conventions) -> Adapter
             raise ImplError(f"--impl: expected one of {names} or 'module:function', got {spec!r}")
         fn = _import(module_name, attr, spec)
         ours = module_name == KERNELS_MODULE or module_name.startswith(KERNELS_MODULE + ".")
-        variants, forget = (our_compiled_variants, None) if ours else \
-            triton_variants(module_name.partition(".")[0]) or (None, None)
+        variants, forget = (our_compiled_variants, None) if ours else triton_variants(module_name.partition(".")[0])
         adapter = Adapter(spec=spec, fn=fn, ours=ours, variants=variants, forget_variants=forget)
     try:
         return with_conventions(adapter, **conventions)
@@ -135,7 +134,7 @@ def _fla(name: str, device: str | None) -> Adapter:
     # fla_gpu.md), so it declares no gate floor. The recurrent form decays token by token.
     if not str(device or "").startswith("cuda"):
         dtypes, note = dtypes[:2], note + "; bfloat16 is not run under Triton's interpreter, which truncates its stores"
-    variants, forget = triton_variants("fla") or (None, None)
+    variants, forget = triton_variants("fla")
     return Adapter(spec=name, fn=fn, variants=variants, forget_variants=forget,
                    keyword_tensors=True, dtypes=dtypes, dtypes_note=note, cu_seqlens_dtype="int64",
                    notes=f"{FLA_MODULE}.{entry}, fla {fla_version()}", design=FLA, gate_floor=name != "fla-chunk")

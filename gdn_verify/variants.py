@@ -10,7 +10,8 @@ from typing import Callable
 
 def unwrap(value, wanted: Callable[[object], bool]) -> object | None:
     """The first object, from `value` inward through Triton's wrappers (`triton.heuristics` and
-    `triton.autotune` keep what they wrap in `.fn`), for which `wanted` holds, or None. Any module attribute may come here: lookups that raise mean none."""
+    `triton.autotune` keep what they wrap in `.fn`), for which `wanted` holds, or None. Any
+    module attribute may come here: lookups that raise mean none."""
     for _ in range(8):
         try:
             if wanted(value):
@@ -43,13 +44,14 @@ def _jit_kernels(package: str) -> dict[str, object]:
     return found
 
 
-def triton_variants(package: str) -> tuple[Callable[[], dict[str, int]], Callable[[], None]] | None:
-    """(count, forget) for the compiled variants per kernel of `package`: count reads Triton's
-    per-device JIT caches (every autotune config that was compiled counting as one), forget
-    empties them. None where nothing compiles: under the interpreter (TRITON_INTERPRET=1, read
-    when a kernel is decorated), or when the package has no Triton kernels."""
+def triton_variants(package: str) -> tuple[Callable[[], dict[str, int]] | None, Callable[[], None] | None]:
+    """(count, forget) for the compiled variants per kernel of `package` (Adapter.variants and
+    .forget_variants): count reads Triton's per-device JIT caches (every autotune config that was
+    compiled counting as one), forget empties them. (None, None) where nothing compiles: under
+    the interpreter (TRITON_INTERPRET=1, read when a kernel is decorated), or when the package
+    has no Triton kernels."""
     if os.environ.get("TRITON_INTERPRET") == "1" or not _jit_kernels(package):
-        return None
+        return None, None
     from gdn_verify.kernels import clear_jit_cache, jit_cache_size
 
     def count() -> dict[str, int]:

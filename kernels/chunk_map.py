@@ -58,29 +58,6 @@ class ChunkMap(NamedTuple):
         """The arguments of `sequence_span` after the sequence, in its order."""
         return self.seq_start, self.seq_first_chunk, self.seq_len
 
-    def _chunk_sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[NT] each chunk's index, its sequence's first and end token and first chunk, as
-        `chunk_span` finds them."""
-        index = torch.arange(self.n_chunks, device=self.chunk_seq.device)
-        if self.seq_len == PACKED:
-            seq = self.chunk_seq.long()
-            return index, self.seq_start[seq], self.seq_start[seq + 1], self.seq_first_chunk[seq]
-        per_seq = max(-(-self.seq_len // CHUNK_SIZE), 1)
-        seq = torch.div(index, per_seq, rounding_mode="floor")
-        return index, seq * self.seq_len, (seq + 1) * self.seq_len, seq * per_seq
-
-    @property
-    def chunk_start(self) -> torch.Tensor:
-        """[NT] first (flattened) token of each chunk, as `chunk_span` computes it."""
-        index, first_token, _, first_chunk = self._chunk_sequences()
-        return first_token + CHUNK_SIZE * (index - first_chunk)
-
-    @property
-    def chunk_len(self) -> torch.Tensor:
-        """[NT] tokens in each chunk, 1..64, as `chunk_span` computes it."""
-        _, _, end_token, _ = self._chunk_sequences()
-        return torch.clamp(end_token - self.chunk_start, max=CHUNK_SIZE)
-
 
 def chunk_count(seq_lens) -> int:
     return sum(-(-n // CHUNK_SIZE) for n in seq_lens)

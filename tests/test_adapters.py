@@ -283,9 +283,9 @@ def test_triton_variants_count_compiled_kernels_through_wrappers(monkeypatch):
     forget()  # through the wrappers too
     assert count() == {}
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreted kernels compile nothing
-    assert triton_variants("fakepkg") is None
+    assert triton_variants("fakepkg") == (None, None)
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert triton_variants("gdn_doubles") is None  # no Triton kernels
+    assert triton_variants("gdn_doubles") == (None, None)  # no Triton kernels
 
 
 def _fla_or_skip(name: str, device: str):

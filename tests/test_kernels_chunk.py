@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 from gdn_verify.cases import Case
 from gdn_verify.cases import dense as _dense
@@ -37,7 +38,7 @@ from gdn_verify.kernels import wy as wy_module
 from gdn_verify.kernels._common import (  # white-box: the stages' precision policy and launch arithmetic
     cdiv, compute_dtype, dot_precision, next_power_of_2)
 from gdn_verify.kernels.chunk import chunk_stage_calls
-from gdn_verify.kernels.chunk_map import build_chunk_map
+from gdn_verify.kernels.chunk_map import build_chunk_map, chunk_span
 from gdn_verify.reference import chunked_gated_delta_rule, recurrent_gated_delta_rule
 
 from kernel_checks import (assert_same_bits, case_kwargs, check_alone_equals_varlen, check_deterministic,
@@ -286,24 +287,38 @@ def test_stage_calls_are_the_fast_path(device: str):
     assert_same_bits(calls["output"](), o, "o from the output stage's call")
 
 
-def test_chunk_map_matches_reference(device: str):
-    case = varlen((0, 1, 63, 0, 65, 1, 0, 130), **_SMALL)
+@triton.jit
+def _chunk_spans_kernel(first_ptr, length_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len):
+    chunk = tl.program_id(0)
+    first, length = chunk_span(chunk, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr, seq_len)
+    tl.store(first_ptr + chunk, first)
+    tl.store(length_ptr + chunk, length)
+
+
+def _chunk_spans(case: Case, device: str):
+    """(chunk map, the reference's chunk layout, [first token, tokens] of each chunk as the
+    kernels' `chunk_span` finds them from the map)."""
     inputs = make_inputs(case)
     x = case_kwargs(inputs, case, device)
     _, _, ref = chunked_gated_delta_rule(**case_kwargs(inputs, case, "cpu"))
     chunks = build_chunk_map(validate(x["q"], x["k"], x["v"], x["g"], x["beta"], cu_seqlens=x["cu_seqlens"]),
                              x["cu_seqlens"], device)
+    first, length = (torch.full((chunks.n_chunks,), -1, dtype=torch.int64, device=device) for _ in range(2))
+    _chunk_spans_kernel[(chunks.n_chunks,)](first, length, *chunks.span_args)
+    return chunks, ref, [first.cpu().tolist(), length.cpu().tolist()]
+
+
+def test_chunk_map_matches_reference(device: str):
+    """Each chunk's span as the kernels compute it, from the packed map's tensors and, for
+    dense inputs, from T alone, against the reference's layout."""
+    chunks, ref, spans = _chunk_spans(varlen((0, 1, 63, 0, 65, 1, 0, 130), **_SMALL), device)
     assert chunks.n_chunks == ref.chunk_seq.numel() == 8
     assert chunks.chunk_seq.cpu().tolist() == ref.chunk_seq.tolist()
-    assert chunks.chunk_start.cpu().tolist() == ref.chunk_first.tolist()
-    assert chunks.chunk_len.cpu().tolist() == ref.chunk_len.tolist()
     assert chunks.seq_first_chunk.cpu().tolist() == [0, 0, 1, 2, 2, 4, 5, 5, 8]
-
-    dense_case = dense(65, B=3, **_SMALL)
-    d = case_kwargs(make_inputs(dense_case), dense_case, device)
-    dense_chunks = build_chunk_map(validate(d["q"], d["k"], d["v"], d["g"], d["beta"]), None, device)
-    assert dense_chunks.chunk_start.cpu().tolist() == [0, 64, 65, 129, 130, 194]
-    assert dense_chunks.chunk_len.cpu().tolist() == [64, 1] * 3
+    assert spans == [ref.chunk_first.tolist(), ref.chunk_len.tolist()]
+    chunks, ref, spans = _chunk_spans(dense(65, B=3, **_SMALL), device)
+    assert chunks.n_chunks == ref.chunk_seq.numel() == 6
+    assert spans == [ref.chunk_first.tolist(), ref.chunk_len.tolist()] == [[0, 64, 65, 129, 130, 194], [64, 1] * 3]
 
 
 # ----------------------------------------------------------------------------------------
