@@ -150,9 +150,9 @@ def stage_rows() -> list[dict]:
     return rows
 
 
-def accuracy_rows() -> list[dict]:
+def accuracy_rows(ts: tuple[int, ...] = ACCURACY_TS) -> list[dict]:
     rows = []
-    for T in ACCURACY_TS:
+    for T in ts:
         inputs = make_inputs([T], packed=False, seed=T + 1)
         o, final_state = chunk_gated_delta_rule(**inputs)
         ref_args = {name: x for name, x in inputs.items() if name != "use_qk_l2norm_in_kernel"}

@@ -49,28 +49,6 @@ STORE=goldens/fla-chunk
 DTYPES=${FLA_DTYPES:-bfloat16,float16,float32}  # FLA_DTYPES=float16: one dtype's cases only
 MUTANT_CASES='h4x8-d128-bf16'
 
-shard_files() {  # dir, gpu_shards.py args...: one file per shard regex
-  local dir=$1; shift; mkdir -p "$dir"
-  python3 benchmarks/gpu_shards.py "$@" | split -l 1 -a 3 -d - "$dir/s"; ls "$dir"/s* 2>/dev/null; }
-run_one() {  # shard file, gdn-verify args (SHARD in them becomes the shard's file name)
-  local f=$1; shift
-  python3 -m gdn_verify "${@//SHARD/$f}" --cases "$(cat "$f")" > "$f.log" 2>&1
-  echo "$? $(basename "$f")" >> "$(dirname "$f")/exit_codes"; }
-export -f run_one
-pending() {  # dir: its shard files that have not reported an exit code (all, the first time)
-  local f; for f in "$1"/s???; do
-    grep -qx "[0-9]* $(basename "$f")" "$1/exit_codes" 2>/dev/null || echo "$f"; done; }
-shards() {  # name max_seconds dir gdn-verify args...: every pending shard of dir, P at a time
-  local name=$1 t; t=$(limit "$2"); local dir=$3; shift 3
-  echo "== $name: $(pending "$dir" | wc -l) of $(ls "$dir"/s??? | wc -l) shards, $P at a time (limit ${t}s)"
-  local s=$SECONDS
-  pending "$dir" | timeout -k 10 "$t" xargs -P "$P" -I{} bash -c 'run_one "$@"' _ {} "$@"
-  # A shard the limit stopped still writes the goldens of the cases it passed: let it finish
-  # before anything reads the store (or the next call's copy of the tree replaces it).
-  for _ in $(seq 30); do pgrep -f "python3 -m gdn_verify" > /dev/null || break; sleep 1; done
-  echo "   done after $((SECONDS - s))s; exit codes: $(cut -d' ' -f1 "$dir/exit_codes" 2>/dev/null | sort | uniq -c | tr '\n' ' ')"
-  cat "$dir"/s???.log > "$LOGS/$name.log" 2>/dev/null; }
-
 unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 2

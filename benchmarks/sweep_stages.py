@@ -5,7 +5,8 @@ bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm), at T = 65536 an
 sequences of 1..128 tokens.
 
 A configuration sets a stage module's constants (warps, value block, pipelining depth, key
-step) before the stage's first launch, so it compiles as a variant of its own. Every
+step) or, for the recurrence, picks a form of it (`variant`, benchmarks/recurrence_variants.py)
+before the stage's first launch, so it compiles as a variant of its own. Every
 configuration runs in a child process: compiles are slow and single-threaded, so the children
 first compile at a small T in parallel (one shared TRITON_CACHE_DIR), then time one after
 another on the quiet GPU; one that fails to compile or faults (Triton 3.6 has miscompiled
@@ -13,15 +14,18 @@ some of these into illegal memory accesses) is reported as such and costs only i
 
 Each stage also runs once as shipped, and every configuration's results (all the stage's output
 tensors, at both shapes) are compared with the shipped ones bit for bit: a configuration that
-keeps the bits can replace the shipped one without rewriting the GPU goldens.
+keeps the bits can replace the shipped one without rewriting the GPU goldens. Each also runs
+whole forwards at T = 64 and 1000 against the float64 reference (RMS error ratio of o and of
+the final state), so a configuration that changes bits shows what it does to the accuracy.
 
-    python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--json sweep.json]
+    python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--configs REGEX] [--json sweep.json]
 """
 
 import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,11 +35,19 @@ from concurrent.futures import ThreadPoolExecutor
 # Narrowed to what was close in the sweeps of stage_sweeps.md: 8 warps lost for the
 # recurrence and the output at every value block, kkt's 4 warps and 64-column steps lost; the
 # output's 32-column block is miscompiled by Triton 3.6 (kernels/output.py).
+# "variant" names a form of the recurrence in benchmarks/recurrence_variants.py; the output's
+# key step and chunks per program had not been swept since the K blocking.
 SPACE = {
     "kkt_solve": {"NUM_WARPS": (1, 2), "_K_STEP": (16, 32)},
-    "recurrence": {"NUM_WARPS": (4,), "state_value_block": (16, 32), "NUM_STAGES": (1, 2, 3)},
-    "output": {"NUM_WARPS": (4,), "VALUE_BLOCK": (64, 128), "NUM_STAGES": (1, 2)},
+    "recurrence": {"variant": ("shipped", "independent", "wu"), "state_value_block": (16, 32), "NUM_STAGES": (3,)},
+    "output": {"variant": ("shipped", "independent-output"), "VALUE_BLOCK": (64, 128), "KEY_BLOCK": (32, 64),
+               "CHUNKS_PER_PROGRAM": (2, 4, 8)},
 }
+
+
+# Whole forwards against the float64 reference, RMS error ratio of o and of the final state:
+# T = 64 with an initial state is where a state error shows most in o (issue #15's table).
+ACCURACY_TS = (64, 1000)
 
 
 def configurations(stages: list[str]) -> list[tuple[str, dict]]:
@@ -53,7 +65,9 @@ def output_digests(result) -> list[str]:
     """sha256 of each output tensor of a stage, the digest the golden store keeps."""
     from gdn_verify.goldens import tensor_sha256
 
-    return [tensor_sha256(t) for t in (result if isinstance(result, (tuple, list)) else (result,)) if t is not None]
+    if isinstance(result, (tuple, list)):  # several outputs, some of them pairs (the recurrence's h)
+        return [digest for part in result for digest in output_digests(part)]
+    return [] if result is None else [tensor_sha256(result)]
 
 
 def child(stage: str, setting: dict, shapes: list[str]) -> dict:
@@ -66,12 +80,16 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
 
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_kernels as bench
+    import recurrence_variants
 
     from gdn_verify.kernels.chunk import chunk_stage_calls
 
     module = importlib.import_module(f"gdn_verify.kernels.{stage}")
     for name, value in setting.items():
-        setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
+        if name == "variant":
+            recurrence_variants.apply(value)
+        else:
+            setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
 
     def stage_call(lens: list[int], packed: bool):
         return chunk_stage_calls(**bench.make_inputs(lens, packed, seed=7))[stage]
@@ -87,7 +105,9 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
         bits[shape] = output_digests(fn())
         torch.cuda.synchronize()
         times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
-    return {**times, "bits": bits}
+    accuracy = {row["T"]: {"o": row["o_rms_ratio"], "final_state": row["final_state_rms_ratio"]}
+                for row in bench.accuracy_rows(ACCURACY_TS)}
+    return {**times, "bits": bits, "accuracy": accuracy}
 
 
 def run_child(name: str, shapes: list[str], env: dict, timeout_s: int) -> dict:
@@ -106,6 +126,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", action="append", choices=sorted(SPACE), help="stages to sweep (default: all)")
     parser.add_argument("--json", default="sweep_stages.json", help="results file (default: %(default)s)")
+    parser.add_argument("--configs", metavar="REGEX", help="only configurations whose name matches (the shipped "
+                        "ones always run)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel compiles (default: CPUs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shapes", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -122,11 +144,13 @@ def main() -> int:
         return 2
     env = {**os.environ, "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or tempfile.mkdtemp()}
     env.pop("TRITON_INTERPRET", None)
-    names = [name for name, _ in configurations(args.stage or sorted(SPACE))]
+    names = [name for name, _ in configurations(args.stage or sorted(SPACE))
+             if name.endswith(":shipped") or not args.configs or re.search(args.configs, name)]
     with ThreadPoolExecutor(args.jobs) as pool:
         compiled = dict(zip(names, pool.map(lambda n: run_child(n, [], env, 300), names)))
     rows, shipped_bits = [], {}
-    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}  bits vs shipped")
+    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}  bits vs shipped  "
+          + "  ".join(f"o / state RMS T={T}" for T in ACCURACY_TS))
     for name in names:
         result = compiled[name] if "error" in compiled[name] else run_child(name, ["65536", "packed"], env, 120)
         stage, setting = name.split(":", 1)
@@ -141,7 +165,8 @@ def main() -> int:
             print(f"{name:<58} {'failed: ' + result['error'][:80]}")
         else:
             same = {True: "same", False: "DIFFER", None: "-"}[result["same_bits"]]
-            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}  {same}")
+            accuracy = "  ".join(f"{a['o']:.5f} / {a['final_state']:.2e}" for a in result["accuracy"].values())
+            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}  {same:<15}  {accuracy}")
     from gdn_verify.platform import fingerprint
 
     with open(args.json, "w") as f:
