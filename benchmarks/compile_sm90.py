@@ -41,8 +41,7 @@ INPUT = "bf16"
 PRECISION = DOT_PRECISION["bfloat16"]
 # Runtime ints and their values in the benchmark (Triton specializes ints divisible by 16).
 INTS = {"H": H, "HV": HV, "K": K, "V": V, "GROUP": HV // H}
-# Pointers in the input dtype: the inputs, o, and h's halves (kernels/recurrence.py, StateHalves).
-RAW_INPUTS = {"q_ptr", "k_ptr", "v_ptr", "beta_ptr", "o_ptr", "h_ptr", "h_lo_ptr"}
+RAW_INPUTS = {"q_ptr", "k_ptr", "v_ptr", "beta_ptr", "o_ptr"}
 INDEX_MAPS = {"chunk_seq_ptr", "seq_start_ptr", "seq_first_chunk_ptr"}
 FLOAT_SCALARS = {"scale_hi", "scale_lo"}
 

@@ -42,19 +42,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:-}
-source benchmarks/gpu_steps.sh  # workspace, limit, step
+source benchmarks/gpu_steps.sh  # workspace, limit, step, gpu_setup, shard_files, shards
 workspace out/fla "${FLA_BUDGET_S:-540}"
 P=${FLA_PARALLEL:-12}
 STORE=goldens/fla-chunk
 DTYPES=${FLA_DTYPES:-bfloat16,float16,float32}  # FLA_DTYPES=float16: one dtype's cases only
 MUTANT_CASES='h4x8-d128-bf16'
 
-unset TRITON_INTERPRET
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 2
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
+gpu_setup || exit 2
 FLA=(--suite gpu --impl fla-chunk --device cuda --case-timeout 240)
 
 phase_calibrate() {

@@ -1,6 +1,6 @@
 # Steps with time limits inside one overall deadline, for the one-call GPU scripts
-# (run_h200.sh, fla_gpu.sh, shards_gpu.sh): source it after setting DEADLINE (in $SECONDS) and
-# LOGS, or call `workspace` first.
+# (run_h200.sh, fla_gpu.sh, shards_gpu.sh, speed_gpu.sh): source it after setting DEADLINE (in
+# $SECONDS) and LOGS, or call `workspace` first.
 
 # workspace DEFAULT_OUT BUDGET_SECONDS: FINAL ($OUT, or DEFAULT_OUT: what comes back), WORK (a
 # scratch directory), LOGS ($WORK/logs) and DEADLINE (BUDGET_SECONDS from now).
@@ -18,6 +18,17 @@ step() {
   echo "== $name (limit ${t}s, $((DEADLINE - SECONDS))s left)"; local s=$SECONDS
   timeout -k 10 "$t" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
   echo "   exit $rc after $((SECONDS - s))s"; tail -n 20 "$LOGS/$name.log"; return $rc; }
+
+# gpu_setup: compiled kernels (no interpreter), the package installed from this tree, the carried
+# wheels in .whl/ (fla-core) importable from /tmp/site, the card's name in $LOGS/gpu.txt; returns
+# non-zero when an install fails (the GPU image has no package registry).
+gpu_setup() {
+  unset TRITON_INTERPRET; export PYTHONUNBUFFERED=1
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || return 2
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || return 2
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1; }
 
 # Shards of gdn-verify runs, P ($P) processes at a time, each with its exit code recorded.
 shard_files() {  # dir, gpu_shards.py args...: one file per shard regex

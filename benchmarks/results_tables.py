@@ -107,6 +107,46 @@ def h100_stage_breakdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+SPEED = RESULTS / "h100" / "speed"
+# The sweeps of issue #15's variants, each one `device` call (a process per configuration).
+SPEED_SWEEPS = (("1", "sweep_stages_call1.json"), ("3", "sweep_stages_call3.json"))
+
+
+def h100_speed_variants() -> str:
+    """Each swept configuration's stage time and whole-forward accuracy, call by call, from
+    h100/speed/sweep_stages_call*.json."""
+    rows = ["| call | configuration | T = 65536 ms | packed ms | bits vs shipped | o RMS ratio T = 64 | "
+            "final state RMS ratio T = 64 |", "|---|---|---|---|---|---|---|"]
+    for call, name in SPEED_SWEEPS:
+        for r in json.loads((SPEED / name).read_text())["rows"]:
+            same = {True: "same", False: "differ", None: "(shipped)"}[r["same_bits"]]
+            acc = r["accuracy"]["64"]
+            rows.append(f"| {call} | {r['configuration']} | {r['65536']:.3f} | {r['packed']:.3f} | {same} | "
+                        f"{acc['o']:.5f} | {acc['final_state']:.2e} |")
+    return "\n".join(rows) + "\n"
+
+
+def h100_speed_halves() -> str:
+    """Our device time per forward by stage, the tree with h stored as halves against the one
+    before it, timed in one call (h100/speed/stage_breakdown_call3_*.json)."""
+    trees = (("6225d7f (h float32)", "stage_breakdown_call3_base.json"),
+             ("a54815e (h as bf16 halves)", "stage_breakdown_call3_halves.json"))
+    runs = {}
+    for tree, name in trees:
+        path = SPEED / name
+        report = stage_breakdown.rerender(json.loads(path.read_text()), str(path.relative_to(RESULTS.parent.parent)))
+        runs.update({(tree, r["shape"]): r for r in report["runs"] if r["impl"] == "gdn" and r["status"] == "ok"})
+    stages = ("cumsum", "kkt_solve", "recurrence", "output")
+    rows = ["| shape | tree | " + " | ".join(stages) + " | total (device) | wall (eager call) |",
+            "|---" * (len(stages) + 4) + "|"]
+    for shape in dict.fromkeys(shape for _, shape in runs):
+        for tree, _ in trees:
+            run = runs[(tree, shape)]
+            cells = [f"{_stage_us(run, s):.0f}" for s in stages] + [f"{run['total_us']:.0f}", f"{run['wall_us']:.0f}"]
+            rows.append(f"| {shape} | {tree} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 TIMING_PARTS = ("inputs_s", "impl_s", "reference_s", "invariants_s")
 
 
@@ -149,7 +189,8 @@ def h100_shards() -> str:
 
 
 GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla, "h100-stage-breakdown": h100_stage_breakdown,
-              "h100-shards": h100_shards}
+              "h100-shards": h100_shards, "h100-speed-variants": h100_speed_variants,
+              "h100-speed-halves": h100_speed_halves}
 FILES = {RESULTS / "h100" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100"),
          RESULTS / "h100" / "fla_machine2" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100" / "fla_machine2")}
 

@@ -18,17 +18,15 @@
 # Needs the wheels in .whl/ (carry it) for FLA's side of the breakdown.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -gt 0 ] || { echo "usage: $0 bits|breakdown|bench|ncu|sweep ..." >&2; exit 2; }
-source benchmarks/gpu_steps.sh  # workspace, limit, step, shard_files, shards
+PHASES="bits breakdown bench ncu sweep"
+usage() { echo "usage: $0 PHASE... (PHASE: ${PHASES// /, })" >&2; exit 2; }
+[ $# -gt 0 ] || usage
+for phase in "$@"; do [[ " $PHASES " == *" $phase "* ]] || usage; done
+source benchmarks/gpu_steps.sh  # workspace, limit, step, gpu_setup, shard_files, shards
 workspace out/speed "${SPEED_BUDGET_S:-540}"
 P=${SPEED_PARALLEL:-16}
 
-unset TRITON_INTERPRET
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 2
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$LOGS/gpu.txt" 2>&1
+gpu_setup || exit 2
 
 phase_bits() {
   local impl
@@ -44,8 +42,9 @@ phase_bits() {
 phase_breakdown() {
   step stage_breakdown 240 python3 benchmarks/stage_breakdown.py ${SPEED_SHAPES:+--shapes $SPEED_SHAPES} \
     --json "$FINAL/stage_breakdown.json" --markdown "$FINAL/stage_breakdown.md"
-  # SPEED_BASE: a tree of the kernels before a change (`git archive REV`), timed in the same
-  # call, on the same card, as the change: our side of the breakdown only.
+  # SPEED_BASE: a tree of the kernels before a change, timed in the same call, on the same card,
+  # as the change: our side of the breakdown only. It needs only `git archive REV gdn_verify
+  # kernels reference benchmarks/stage_breakdown.py pyproject.toml` (a call carries 64 MiB).
   if [ -n "${SPEED_BASE:-}" ]; then
     ln -sfn ../kernels "$SPEED_BASE/gdn_verify/kernels"; ln -sfn ../reference "$SPEED_BASE/gdn_verify/reference"
     PYTHONPATH=$SPEED_BASE:$PYTHONPATH step stage_breakdown_base 120 python3 "$SPEED_BASE/benchmarks/stage_breakdown.py" \
@@ -71,9 +70,4 @@ phase_sweep() {
     --json "$FINAL/sweep_stages.json"
   tar czf "$FINAL/speed_logs.tgz" -C "$WORK" logs; }
 
-for phase in "$@"; do
-  case "$phase" in
-  bits|breakdown|bench|ncu|sweep) "phase_$phase" ;;
-  *) echo "usage: $0 bits|breakdown|bench|ncu|sweep ..." >&2; exit 2 ;;
-  esac
-done
+for phase in "$@"; do "phase_$phase"; done

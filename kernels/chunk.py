@@ -154,7 +154,7 @@ def chunk_gated_delta_rule_intermediates(
     r = _run_stages(q, k, v, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, problem, chunks,
                     acc, precision, store_a=True)
     w, u = wy(k, v, beta, r["g_cum"], r["rk"], r["Tm"], chunks)
-    return {"g_cum": r["g_cum"], "A": r["A"], "Tm": r["Tm"], "W": w[..., :K], "U": u, "h": r["h"].merged()[:, :, :K],
+    return {"g_cum": r["g_cum"], "A": r["A"], "Tm": r["Tm"], "W": w[..., :K], "U": u, "h": r["h"][:, :, :K],
             "v_new": r["v_new"], "o": r["o"], "final_state": _unpadded_state(r["final_state"], K)}
 
 

@@ -12,11 +12,10 @@ import triton
 import triton.language as tl
 
 from ._alloc import new_output
-from ._common import CHUNK, block_size, cdiv, masked_exp, raw_dot, split_scale
+from ._common import CHUNK, block_size, cdiv, masked_exp, raw_dot, split_operand, split_scale
 from ._launch import launch
 from ._triton_compat import cast_to, dot, loop_bound
 from .chunk_map import ChunkMap, chunk_span
-from .recurrence import StateHalves
 
 # 4 warps, 64 value columns a program, no software pipelining: the fastest configuration timed
 # on sm_90, on one long sequence and on packed short ones (pipelining, 32 or 128 columns and
@@ -38,8 +37,7 @@ KEY_BLOCK = 64
 
 @triton.jit(do_not_specialize=["seq_len", "n_chunks"])
 def output_kernel(
-    q_ptr, k_ptr, g_cum_ptr, rq_ptr, rk_ptr, h_ptr, h_lo_ptr, v_new_ptr, o_ptr,
-    chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
+    q_ptr, k_ptr, g_cum_ptr, rq_ptr, rk_ptr, h_ptr, v_new_ptr, o_ptr, chunk_seq_ptr, seq_start_ptr, seq_first_chunk_ptr,
     seq_len, n_chunks, scale_hi, scale_lo, H, HV, K, V, GROUP,
     BK: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, CHUNKS: tl.constexpr, L2NORM: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -53,7 +51,7 @@ def output_kernel(
     hv = (pid // n_vblocks) % HV
     vb = pid % n_vblocks
     kh = hv // GROUP
-    ACC: tl.constexpr = g_cum_ptr.dtype.element_ty
+    ACC: tl.constexpr = h_ptr.dtype.element_ty
     RAW: tl.constexpr = q_ptr.dtype.element_ty
     rows = tl.arange(0, CHUNK)
     vcols = vb * BV + tl.arange(0, BV)
@@ -78,13 +76,9 @@ def output_kernel(
             # some tile / warp configurations (illegal memory access).
             k_t = tl.load(k_ptr + qk_base + (kcols[:, None] + rows[None, :] * (H * K)),
                           mask=(kcols < K)[:, None] & valid[None, :], other=0.0)
-            state_tile = state_base + (kcols[:, None] * V + vcols[None, :])
-            state_mask = (kcols < K)[:, None] & (vcols < V)[None, :]
-            state_hi = tl.load(h_ptr + state_tile, mask=state_mask, other=0.0)
-            if RAW == tl.bfloat16:
-                state_lo = tl.load(h_lo_ptr + state_tile, mask=state_mask, other=0.0)
-            else:
-                state_lo = state_hi
+            state = tl.load(h_ptr + state_base + (kcols[:, None] * V + vcols[None, :]),
+                            mask=(kcols < K)[:, None] & (vcols < V)[None, :], other=0.0)
+            state_hi, state_lo = split_operand(state, RAW)
             q_state += raw_dot(q, state_hi, state_lo, PRECISION)
             qk += dot(q, k_t, PRECISION).to(ACC)
         if L2NORM:
@@ -107,10 +101,10 @@ def output_kernel(
 
 def output(
     q: torch.Tensor, k: torch.Tensor, g_cum: torch.Tensor, norms: tuple[torch.Tensor, torch.Tensor] | None,
-    h: StateHalves, v_new: torch.Tensor, chunks: ChunkMap, scale: float, precision: str, out_dtype: torch.dtype,
+    h: torch.Tensor, v_new: torch.Tensor, chunks: ChunkMap, scale: float, precision: str, out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """q, k [B, T, H, K], g_cum [B, T, HV], norms (rq, rk) [B, T, H] each (None: no l2norm),
-    h (`StateHalves`, [NT, HV, K, V] each), v_new [B, T, HV, V] -> o [B, T, HV, V]."""
+    h [NT, HV, K, V], v_new [B, T, HV, V] -> o [B, T, HV, V]."""
     q, k = q.contiguous(), k.contiguous()
     B, T, H, K = q.shape
     HV, V = v_new.shape[2], v_new.shape[3]
@@ -120,8 +114,7 @@ def output(
         groups = cdiv(chunks.n_chunks, CHUNKS_PER_PROGRAM)
         # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
         rq, rk = (g_cum, g_cum) if norms is None else norms
-        launch(output_kernel, (groups * HV * cdiv(V, BV),), q, k, g_cum, rq, rk, h.hi,
-               h.hi if h.lo is None else h.lo, v_new, o,
+        launch(output_kernel, (groups * HV * cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
                *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
                BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
                L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)

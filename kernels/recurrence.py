@@ -13,18 +13,9 @@ T = 65536, HV = 32, K = V = 128 saves about 1 GB of traffic and a stage.
 
 One program per (sequence, value head, block of BV value columns): the columns of S evolve
 independently, so splitting V gives the single-sequence case enough programs to fill the GPU.
-
-For bfloat16 inputs h is stored as the hi and lo halves the loop splits S into anyway (the
-right operand of the dots against raw bfloat16 tiles, `split_operand`): the same bytes as the
-float32 state, and the output stage loads them straight into its dots instead of loading float32
-and splitting again, which leaves it the registers it spent on the split (docs/design.md,
-'Stages'). Its o is the same, bit for bit: it would have split the same state into the same
-halves. Other dtypes store S itself.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import triton
@@ -46,27 +37,6 @@ NUM_WARPS = 4
 NUM_STAGES = 3
 
 
-class StateHalves(NamedTuple):
-    """h, the state entering each chunk: for bfloat16 inputs its bfloat16 halves (hi + lo within
-    2^-18 of S, `split_operand`), otherwise S itself as hi and lo None."""
-
-    hi: torch.Tensor
-    lo: torch.Tensor | None
-
-    @classmethod
-    def split(cls, state: torch.Tensor, input_dtype: torch.dtype) -> "StateHalves":
-        """A state tensor [.., K, V] in the compute dtype as the recurrence stores it for inputs of
-        input_dtype (round to nearest even, as the kernels' casts)."""
-        if input_dtype != torch.bfloat16:
-            return cls(state, None)
-        hi = state.to(torch.bfloat16)
-        return cls(hi, (state - hi.to(state.dtype)).to(torch.bfloat16))
-
-    def merged(self) -> torch.Tensor:
-        """h in the compute dtype, for the diagnostics (hi + lo: S to 2^-18 relative)."""
-        return self.hi if self.lo is None else self.hi.float() + self.lo.float()
-
-
 def pipeline_stages(input_dtype: torch.dtype) -> int:
     """The chunk loop's software pipelining depth (from the input dtype only, never from T)."""
     return NUM_STAGES if input_dtype.itemsize == 2 else 1
@@ -83,7 +53,7 @@ def state_value_block(K: int, V: int) -> int:
 
 @triton.jit(do_not_specialize=["seq_len"])
 def recurrence_kernel(
-    k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, h0_ptr, ht_ptr, h_ptr, h_lo_ptr, v_new_ptr,
+    k_ptr, v_ptr, beta_ptr, g_cum_ptr, rk_ptr, tm_ptr, h0_ptr, ht_ptr, h_ptr, v_new_ptr,
     seq_start_ptr, seq_first_chunk_ptr, seq_len, H, HV, K, V, GROUP,
     BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, HAS_H0: tl.constexpr,
     STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr,
@@ -136,11 +106,8 @@ def recurrence_kernel(
         tm = tl.load(tm_ptr + (t0 * HV + hv) * CHUNK + (rows[:, None] * (HV * CHUNK) + rows[None, :]),
                      mask=valid[:, None], other=0.0)
 
+        tl.store(h_ptr + (tl.cast(chunk, tl.int64) * HV + hv) * K * V + state_tile, state, mask=state_mask)
         state_hi, state_lo = split_operand(state, RAW)
-        h_tile = (tl.cast(chunk, tl.int64) * HV + hv) * K * V + state_tile
-        tl.store(h_ptr + h_tile, state_hi, mask=state_mask)
-        if RAW == tl.bfloat16:
-            tl.store(h_lo_ptr + h_tile, state_lo, mask=state_mask)
         ks = raw_dot(k, state_hi, state_lo, PRECISION) * rk[:, None]
         v_new = dot(tm, beta[:, None] * (v - tl.exp(gam)[:, None] * ks), PRECISION)
         tl.store(v_new_ptr + (t0 * HV + hv) * V + v_tile, v_new, mask=v_mask)
@@ -156,19 +123,16 @@ def recurrence(
     k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g_cum: torch.Tensor, rk: torch.Tensor | None,
     tm: torch.Tensor, chunks: ChunkMap, initial_state: torch.Tensor | None, output_final_state: bool,
     precision: str,
-) -> tuple[torch.Tensor | None, StateHalves, torch.Tensor]:
-    """rk [B, T, H] (None: no l2norm) -> (final_state [N, HV, K, V] or None, h as `StateHalves`
-    [NT, HV, K, V], v_new [B, T, HV, V]), in g_cum's dtype (h's halves in bfloat16 for bfloat16
-    inputs)."""
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """rk [B, T, H] (None: no l2norm) -> (final_state [N, HV, K, V] or None, h [NT, HV, K, V],
+    v_new [B, T, HV, V]), in g_cum's dtype."""
     k, v, beta = k.contiguous(), v.contiguous(), beta.contiguous()
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
     acc, device = g_cum.dtype, k.device
     N = chunks.n_seqs
     final_state = new_output((N, HV, K, V), acc, device) if output_final_state else None
-    split = k.dtype == torch.bfloat16
-    h_shape, h_dtype = (chunks.n_chunks, HV, K, V), torch.bfloat16 if split else acc
-    h = StateHalves(new_output(h_shape, h_dtype, device), new_output(h_shape, h_dtype, device) if split else None)
+    h = new_output((chunks.n_chunks, HV, K, V), acc, device)
     v_new = new_output((B, T, HV, V), acc, device)
     has_h0 = initial_state is not None
     BV = state_value_block(K, V)
@@ -178,7 +142,7 @@ def recurrence(
         launch(recurrence_kernel, (N * HV * cdiv(V, BV),), k, v, beta, g_cum,
                placeholder if rk is None else rk, tm,
                initial_state.contiguous() if has_h0 else placeholder,
-               final_state if output_final_state else placeholder, h.hi, h.hi if h.lo is None else h.lo, v_new,
+               final_state if output_final_state else placeholder, h, v_new,
                *chunks.sequence_args, H, HV, K, V, HV // H,
                BK=block_size(K), BV=BV, L2NORM=rk is not None, HAS_H0=has_h0, STORE_FINAL=output_final_state,
                PRECISION=precision, num_warps=NUM_WARPS,

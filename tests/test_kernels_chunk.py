@@ -234,11 +234,9 @@ def stage_errors(case: Case, device: str) -> dict[str, tuple[float, float]]:
     got["Tm"], got["A"] = kkt_solve_module.kkt_solve(x["k"], x["beta"], fed(ref.g_cum), rk, chunks, case.HV,
                                                      precision, store_a=True)
     got["W"], got["U"] = wy_module.wy(x["k"], x["v"], x["beta"], fed(ref.g_cum), rk, fed(ref.Tm), chunks)
-    got["final_state"], h, got["v_new"] = recurrence_module.recurrence(
+    got["final_state"], got["h"], got["v_new"] = recurrence_module.recurrence(
         x["k"], x["v"], x["beta"], fed(ref.g_cum), rk, fed(ref.Tm), chunks, x["initial_state"], True, precision)
-    got["h"] = h.merged()
-    ref_h = recurrence_module.StateHalves.split(fed(ref.h), x["q"].dtype)
-    got["o"] = output_module.output(x["q"], x["k"], fed(ref.g_cum), norms, ref_h, fed(ref.v_new),
+    got["o"] = output_module.output(x["q"], x["k"], fed(ref.g_cum), norms, fed(ref.h), fed(ref.v_new),
                                     chunks, problem.scale, precision, x["v"].dtype)
     errors = {}
     for name, t in got.items():
