@@ -2,9 +2,10 @@
 
 Triton compiles for a given target without a device: this script compiles the variant that
 benchmarks/bench_kernels.py runs (bf16, H = 16, HV = 32, K = V = 128, l2norm in kernel,
-initial and final state) with each stage module's launch constants, times every compiler stage,
-and reads registers and spills from `ptxas -v`. Cold start on the card is the sum of these
-compiles plus CUDA and torch start-up, so a compile-time regression shows here, on a CPU
+initial and final state; the recurrence for one long sequence and for packed ones) with each
+stage module's launch constants, times every compiler stage, and reads registers and spills
+from `ptxas -v`. Cold start on the card is the sum of these compiles (one of the two
+recurrences) plus CUDA and torch start-up, so a compile-time regression shows here, on a CPU
 machine, before any GPU run. Each kernel's floating-point PTX instructions, in order, are
 counted and digested (`fp_ops`): a change meant to leave the bits alone (host path, indexing)
 that leaves every digest as it was changed no floating-point operation of this variant.
@@ -37,6 +38,9 @@ from gdn_verify.kernels import cumsum, kkt_solve, l2norm, output, recurrence  # 
 from gdn_verify.kernels._common import DOT_PRECISION, block_size  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
+# The recurrence's value block depends on how many programs fill the card: it compiles as it
+# runs one long sequence and 256 packed ones on an H100.
+H100_SMS = 132
 INPUT = "bf16"
 PRECISION = DOT_PRECISION["bfloat16"]
 # Runtime ints and their values in the benchmark (Triton specializes ints divisible by 16).
@@ -56,10 +60,11 @@ def kernels() -> list[tuple[str, object, dict, dict]]:
         ("kkt_solve", kkt_solve.kkt_solve_kernel,
          dict(BK=bk, K_STEP=min(bk, kkt_solve._K_STEP), L2NORM=True, STORE_A=False, PRECISION=PRECISION),
          dict(num_warps=kkt_solve.NUM_WARPS)),
-        ("recurrence", recurrence.recurrence_kernel,
-         dict(BK=bk, BV=recurrence.state_value_block(K, V), L2NORM=True, HAS_H0=True, STORE_FINAL=True,
-              PRECISION=PRECISION),
-         dict(num_warps=recurrence.NUM_WARPS, num_stages=recurrence.pipeline_stages(torch.bfloat16))),
+        *((name, recurrence.recurrence_kernel,
+           dict(BK=bk, BV=recurrence.state_value_block(K, V, pairs, H100_SMS), L2NORM=True, HAS_H0=True,
+                STORE_FINAL=True, PRECISION=PRECISION),
+           dict(num_warps=recurrence.NUM_WARPS, num_stages=recurrence.pipeline_stages(torch.bfloat16)))
+          for name, pairs in (("recurrence", HV), ("recurrence_packed", 256 * HV))),
         ("output", output.output_kernel,
          dict(BK=bk, KB=min(bk, output.KEY_BLOCK), BV=output.VALUE_BLOCK, CHUNKS=output.CHUNKS_PER_PROGRAM,
               L2NORM=True, PRECISION=PRECISION),
@@ -144,7 +149,7 @@ def main() -> int:
         os.environ["TRITON_CACHE_DIR"] = cache
         triton.compile(source(fn, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
     print(f"triton {triton.__version__}, target sm_90; bf16 H={H} HV={HV} K={K} V={V}, l2norm")
-    print(f"{'kernel':<12} {'compile s':>9} {'registers':>9} {'spills st/ld':>13} {'fp ops':>6} {'fp digest':<16}  "
+    print(f"{'kernel':<17} {'compile s':>9} {'registers':>9} {'spills st/ld':>13} {'fp ops':>6} {'fp digest':<16}  "
           "slowest stages")
     for name, fn, constexprs, options in kernels():
         stage_times.clear()
@@ -158,10 +163,10 @@ def main() -> int:
         rows.append(row)
         slow = ", ".join(f"{k} {v}" for k, v in sorted(stage_times.items(), key=lambda kv: -kv[1])[:2])
         fp = row["fp_ops"]
-        print(f"{name:<12} {seconds:>9.2f} {row['registers'] or '-':>9} {str(row['spill_bytes']):>13} "
+        print(f"{name:<17} {seconds:>9.2f} {row['registers'] or '-':>9} {str(row['spill_bytes']):>13} "
               f"{fp['count']:>6} {fp['sha256']:<16}  {slow}")
     total = sum(r["compile_s"] for r in rows)
-    print(f"{'total':<12} {total:>9.2f}")
+    print(f"{'total':<17} {total:>9.2f}")
     from gdn_verify.platform import fingerprint
 
     with open(args.json, "w") as f:

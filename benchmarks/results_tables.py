@@ -88,10 +88,9 @@ def _vs(a: float | None, b: float | None) -> str:
     return cell + (f" ({a / b:.2f})" if a is not None and b else "")
 
 
-def h100_stage_breakdown() -> str:
-    """Device time per forward by stage, ours / flash-linear-attention, from the recorded
-    h100/stage_breakdown.json re-rendered by stage_breakdown.rerender (annotation ranges out)."""
-    path = RESULTS / "h100" / "stage_breakdown.json"
+def breakdown_table(path: Path) -> str:
+    """Device time per forward by stage, ours / flash-linear-attention, from a recorded
+    stage_breakdown.py JSON re-rendered by stage_breakdown.rerender (annotation ranges out)."""
     report = stage_breakdown.rerender(json.loads(path.read_text()), str(path.relative_to(RESULTS.parent.parent)))
     runs = {(r["shape"], r["impl"]): r for r in report["runs"] if r["status"] == "ok"}
     shapes = list(dict.fromkeys(r["shape"] for r in report["runs"]))
@@ -105,6 +104,10 @@ def h100_stage_breakdown() -> str:
         cells += [_vs(*(run and run[key] for run in (ours, fla))) for key in ("total_us", "wall_us")]
         rows.append(f"| {shape} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def h100_stage_breakdown() -> str:
+    return breakdown_table(RESULTS / "h100" / "stage_breakdown.json")
 
 
 SPEED = RESULTS / "h100" / "speed"
@@ -144,6 +147,26 @@ def h100_speed_halves() -> str:
             run = runs[(tree, shape)]
             cells = [f"{_stage_us(run, s):.0f}" for s in stages] + [f"{run['total_us']:.0f}", f"{run['wall_us']:.0f}"]
             rows.append(f"| {shape} | {tree} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def sweep_rounds(path: Path) -> str:
+    """A sweep timed in alternating rounds (sweep_stages.py --rounds): each configuration's
+    median stage time and spread per shape, its bits against shipped and its accuracy."""
+    report = json.loads(path.read_text())
+    shapes = list(dict.fromkeys(k for r in report["rows"] for k in r if f"{k}_spread" in r))
+    rows = ["| configuration | " + " | ".join(f"{s} ms, median (min-max)" for s in shapes)
+            + " | bits vs shipped | o RMS ratio T = 64 | final state RMS ratio T = 64 |",
+            "|---" * (len(shapes) + 4) + "|"]
+    for r in report["rows"]:
+        if "error" in r:
+            rows.append(f"| {r['configuration']} | failed: {r['error'][:60]} |" + " |" * (len(shapes) + 2))
+            continue
+        same = {True: "same", False: "differ", None: "(shipped)"}[r["same_bits"]]
+        times = [f"{r[s]:.3f} ({r[s + '_spread'][0]:.3f}-{r[s + '_spread'][1]:.3f})" for s in shapes]
+        acc = r["accuracy"]["64"]
+        rows.append(f"| {r['configuration']} | " + " | ".join(times)
+                    + f" | {same} | {acc['o']:.5f} | {acc['final_state']:.2e} |")
     return "\n".join(rows) + "\n"
 
 
@@ -190,7 +213,9 @@ def h100_shards() -> str:
 
 GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla, "h100-stage-breakdown": h100_stage_breakdown,
               "h100-shards": h100_shards, "h100-speed-variants": h100_speed_variants,
-              "h100-speed-halves": h100_speed_halves}
+              "h100-speed-halves": h100_speed_halves,
+              "h100-speed-rounds": lambda: sweep_rounds(SPEED / "sweep_stages_call4.json"),
+              "h100-speed-value-block": lambda: breakdown_table(SPEED / "stage_breakdown_call5.json")}
 FILES = {RESULTS / "h100" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100"),
          RESULTS / "h100" / "fla_machine2" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100" / "fla_machine2")}
 

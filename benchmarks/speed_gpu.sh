@@ -13,12 +13,14 @@
 #                                           #  variants, cold start
 #   bash benchmarks/speed_gpu.sh sweep      # sweep_stages.py over the recurrence and output
 #                                           #  stages: time, accuracy, bits against shipped
+#   bash benchmarks/speed_gpu.sh cold       # cold_start.py: the first call in fresh processes,
+#                                           #  3 runs (issue #15's done-when: the median)
 #   bash benchmarks/speed_gpu.sh bits breakdown   # phases in order, in one call and budget
 #
 # Needs the wheels in .whl/ (carry it) for FLA's side of the breakdown.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PHASES="bits breakdown bench ncu sweep"
+PHASES="bits breakdown bench ncu sweep cold"
 usage() { echo "usage: $0 PHASE... (PHASE: ${PHASES// /, })" >&2; exit 2; }
 [ $# -gt 0 ] || usage
 for phase in "$@"; do [[ " $PHASES " == *" $phase "* ]] || usage; done
@@ -68,6 +70,10 @@ phase_sweep() {
   # SPEED_SWEEP: sweep_stages.py's selection (default: every recurrence and output configuration)
   step sweep 500 python3 benchmarks/sweep_stages.py ${SPEED_SWEEP:---stage recurrence --stage output} \
     --json "$FINAL/sweep_stages.json"
+  tar czf "$FINAL/speed_logs.tgz" -C "$WORK" logs; }
+
+phase_cold() {
+  step cold_start 120 python3 benchmarks/cold_start.py --repeats 3 --json "$FINAL/cold_start.json"
   tar czf "$FINAL/speed_logs.tgz" -C "$WORK" logs; }
 
 for phase in "$@"; do "phase_$phase"; done

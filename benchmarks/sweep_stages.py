@@ -1,16 +1,21 @@
 """Stage latency under alternative launch configurations: how the module constants of
 kernels/kkt_solve.py, recurrence.py and output.py were chosen (the results:
 benchmarks/results/h200/stage_sweeps.md and design_history.md). CUDA only. Inputs:
-bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm), at T = 65536 and for 256 packed
-sequences of 1..128 tokens.
+bench_kernels.py's (bf16, H = 16, HV = 32, K = V = 128, l2norm), at T = 65536, 4 sequences of
+8192, T = 1024, and 256 packed sequences of 1..128 tokens: one long sequence leaves the
+recurrence one program a head and value block, four fill the GPU four times over, a short one
+is latency, and packed short sequences give it tens of thousands of programs.
 
 A configuration sets a stage module's constants (warps, value block, pipelining depth, key
-step) or, for the recurrence, picks a form of it (`variant`, benchmarks/recurrence_variants.py)
-before the stage's first launch, so it compiles as a variant of its own. Every
-configuration runs in a child process: compiles are slow and single-threaded, so the children
-first compile at a small T in parallel (one shared TRITON_CACHE_DIR), then time one after
-another on the quiet GPU; one that fails to compile or faults (Triton 3.6 has miscompiled
-some of these into illegal memory accesses) is reported as such and costs only its own process.
+step) or picks a form of the stage (`variant`, benchmarks/stage_variants.py) before the
+stage's first launch, so it compiles as a variant of its own. Every configuration runs in a
+child process: compiles are slow and single-threaded, so the children first compile at a small
+T in parallel (one shared TRITON_CACHE_DIR), then time one after another on the quiet GPU; one
+that fails to compile or faults (Triton 3.6 has miscompiled some of these into illegal memory
+accesses) is reported as such and costs only its own process. With --rounds N each
+configuration is timed in N processes, the configurations in alternating order (A B C, then
+C B A), and the median is reported beside the spread: the same kernel has timed 20% apart in
+two processes (benchmarks/results/h100/speed/), so a difference inside the spread is none.
 
 Each stage also runs once as shipped, and every configuration's results (all the stage's output
 tensors, at both shapes) are compared with the shipped ones bit for bit: a configuration that
@@ -18,7 +23,8 @@ keeps the bits can replace the shipped one without rewriting the GPU goldens. Ea
 whole forwards at T = 64 and 1000 against the float64 reference (RMS error ratio of o and of
 the final state), so a configuration that changes bits shows what it does to the accuracy.
 
-    python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--configs REGEX] [--json sweep.json]
+    python benchmarks/sweep_stages.py [--stage kkt_solve|recurrence|output ...] [--configs REGEX] [--rounds N]
+                                      [--json sweep.json]
 """
 
 import argparse
@@ -26,6 +32,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,16 +42,20 @@ from concurrent.futures import ThreadPoolExecutor
 # Narrowed to what was close in the sweeps of stage_sweeps.md: 8 warps lost for the
 # recurrence and the output at every value block, kkt's 4 warps and 64-column steps lost; the
 # output's 32-column block is miscompiled by Triton 3.6 (kernels/output.py).
-# "variant" names a form of the recurrence in benchmarks/recurrence_variants.py. On an H100
+# "variant" names a form of the stage in benchmarks/stage_variants.py. On an H100
 # (benchmarks/results/h100/speed/): the output's 32-column key steps and 128-column value blocks
 # lost (1.5x, 1.1x), 2 to 8 chunks a program tied within 1%. The independent accumulators gained
 # 10% in one call and lost 20% in another: rerun them in alternating processes.
 SPACE = {
     "kkt_solve": {"NUM_WARPS": (1, 2), "_K_STEP": (16, 32)},
-    "recurrence": {"variant": ("shipped", "independent"), "state_value_block": (16, 32), "NUM_STAGES": (3,)},
-    "output": {"CHUNKS_PER_PROGRAM": (4, 8)},
+    "recurrence": {"variant": ("shipped", "independent", "transposed", "single"), "state_value_block": (16, 32, 64),
+                   "NUM_STAGES": (3,)},
+    "output": {"variant": ("shipped", "single-output"), "CHUNKS_PER_PROGRAM": (4, 8)},
 }
 
+
+# name -> (sequence lengths, packed); None: bench_kernels' packed lengths.
+SHAPES = {"65536": ([65536], False), "4x8192": ([8192] * 4, False), "1024": ([1024], False), "packed": (None, True)}
 
 # Whole forwards against the float64 reference, RMS error ratio of o and of the final state:
 # T = 64 with an initial state is where a state error shows most in o (issue #15's table).
@@ -69,9 +80,10 @@ def output_digests(result) -> list[str]:
     return [tensor_sha256(t) for t in (result if isinstance(result, (tuple, list)) else (result,)) if t is not None]
 
 
-def child(stage: str, setting: dict, shapes: list[str]) -> dict:
+def child(stage: str, setting: dict, shapes: list[str], accuracy: bool) -> dict:
     """Apply one configuration, run the stage on each shape, return {shape: ms, "bits": {shape:
-    output digests}} (compile only when shapes is empty)."""
+    output digests}} and, with `accuracy`, the whole forward's error ratios (compile only when
+    shapes is empty)."""
     import importlib
 
     import torch
@@ -79,16 +91,16 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
 
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_kernels as bench
-    import recurrence_variants
+    import stage_variants
 
     from gdn_verify.kernels.chunk import chunk_stage_calls
 
     module = importlib.import_module(f"gdn_verify.kernels.{stage}")
     for name, value in setting.items():
         if name == "variant":
-            recurrence_variants.apply(value)
+            stage_variants.apply(value)
         else:
-            setattr(module, name, (lambda K, V, value=value: value) if name.endswith("value_block") else value)
+            setattr(module, name, (lambda *shape, value=value: value) if name.endswith("value_block") else value)
 
     def stage_call(lens: list[int], packed: bool):
         return chunk_stage_calls(**bench.make_inputs(lens, packed, seed=7))[stage]
@@ -99,18 +111,21 @@ def child(stage: str, setting: dict, shapes: list[str]) -> dict:
         return {}
     times, bits = {}, {}
     for shape in shapes:
-        lens, packed = {str(name): (lens, packed) for name, lens, packed in bench.STAGE_SHAPES}[shape]
+        lens, packed = SHAPES[shape]
         fn = stage_call(lens or bench.packed_lengths(), packed)
         bits[shape] = output_digests(fn())
         torch.cuda.synchronize()
         times[shape] = triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
-    accuracy = {row["T"]: {"o": row["o_rms_ratio"], "final_state": row["final_state_rms_ratio"]}
-                for row in bench.accuracy_rows(ACCURACY_TS)}
-    return {**times, "bits": bits, "accuracy": accuracy}
+    if not accuracy:
+        return {**times, "bits": bits}
+    errors = {row["T"]: {"o": row["o_rms_ratio"], "final_state": row["final_state_rms_ratio"]}
+              for row in bench.accuracy_rows(ACCURACY_TS)}
+    return {**times, "bits": bits, "accuracy": errors}
 
 
-def run_child(name: str, shapes: list[str], env: dict, timeout_s: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, *(["--shapes", *shapes] if shapes else [])]
+def run_child(name: str, shapes: list[str], env: dict, timeout_s: int, accuracy: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, *(["--shapes", *shapes] if shapes else []),
+           *(["--accuracy"] if accuracy else [])]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -127,13 +142,18 @@ def main() -> int:
     parser.add_argument("--json", default="sweep_stages.json", help="results file (default: %(default)s)")
     parser.add_argument("--configs", metavar="REGEX", help="only configurations whose name matches (the shipped "
                         "ones always run)")
+    parser.add_argument("--rounds", type=int, default=1, help="timed processes per configuration, in alternating "
+                        "order (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel compiles (default: CPUs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shapes", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a positive count, got {args.rounds}")
     known = dict(configurations(sorted(SPACE)))
     if args.child:
-        print(json.dumps(child(args.child.split(":")[0], known[args.child], args.shapes)))
+        print(json.dumps(child(args.child.split(":")[0], known[args.child], args.shapes, args.accuracy)))
         return 0
 
     import torch
@@ -147,29 +167,45 @@ def main() -> int:
              if name.endswith(":shipped") or not args.configs or re.search(args.configs, name)]
     with ThreadPoolExecutor(args.jobs) as pool:
         compiled = dict(zip(names, pool.map(lambda n: run_child(n, [], env, 300), names)))
+    shapes = list(SHAPES)
+    runs = {name: [] for name in names}  # each round's result, round 0 with bits and accuracy
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            if "error" not in compiled[name]:
+                runs[name].append(run_child(name, shapes, env, 120, accuracy=round_ == 0))
     rows, shipped_bits = [], {}
-    print(f"{'configuration':<58} {'T=65536 ms':>11} {'packed ms':>10}  bits vs shipped  "
-          + "  ".join(f"o / state RMS T={T}" for T in ACCURACY_TS))
+    print(f"{'configuration':<66} " + " ".join(f"{shape + ' ms':>21}" for shape in shapes)
+          + "  bits vs shipped  " + "  ".join(f"o / state RMS T={T}" for T in ACCURACY_TS))
     for name in names:
-        result = compiled[name] if "error" in compiled[name] else run_child(name, ["65536", "packed"], env, 120)
         stage, setting = name.split(":", 1)
-        if "error" not in result:
-            bits = result.pop("bits")
-            if setting == "shipped":
-                shipped_bits[stage] = bits
-            baseline = shipped_bits.get(stage) if setting != "shipped" else None
-            result["same_bits"] = None if baseline is None else bits == baseline
-        rows.append({"configuration": name, **result})
-        if "error" in result:
-            print(f"{name:<58} {'failed: ' + result['error'][:80]}")
-        else:
-            same = {True: "same", False: "DIFFER", None: "-"}[result["same_bits"]]
-            accuracy = "  ".join(f"{a['o']:.5f} / {a['final_state']:.2e}" for a in result["accuracy"].values())
-            print(f"{name:<58} {result['65536']:>11.3f} {result['packed']:>10.3f}  {same:<15}  {accuracy}")
+        first = compiled[name] if "error" in compiled[name] else runs[name][0]
+        if "error" in first:
+            rows.append({"configuration": name, "error": first["error"]})
+            print(f"{name:<66} {'failed: ' + first['error'][:80]}")
+            continue
+        bits = first["bits"]
+        if setting == "shipped":
+            shipped_bits[stage] = bits
+        baseline = shipped_bits.get(stage) if setting != "shipped" else None
+        row = {"configuration": name, "same_bits": None if baseline is None else bits == baseline,
+               "accuracy": first["accuracy"], "rounds": runs[name]}
+        for shape in shapes:
+            times = [run[shape] for run in runs[name] if shape in run]  # a failed round has none
+            row[shape] = statistics.median(times)
+            row[f"{shape}_spread"] = [min(times), max(times)]
+        failed = [run["error"] for run in runs[name] if "error" in run]
+        if failed:
+            row["failed_rounds"] = failed
+        rows.append(row)
+        same = {True: "same", False: "DIFFER", None: "-"}[row["same_bits"]]
+        timing = " ".join(f"{row[s]:>8.3f} ({row[s + '_spread'][0]:.3f}-{row[s + '_spread'][1]:.3f})" for s in shapes)
+        accuracy = "  ".join(f"{a['o']:.5f} / {a['final_state']:.2e}" for a in row["accuracy"].values())
+        print(f"{name:<66} {timing}  {same:<15}  {accuracy}" + (f"  ({len(failed)} rounds failed)" if failed else ""))
     from gdn_verify.platform import fingerprint
 
     with open(args.json, "w") as f:
-        json.dump({"benchmark": "sweep_stages", "environment": fingerprint("cuda"), "rows": rows}, f, indent=2)
+        json.dump({"benchmark": "sweep_stages", "environment": fingerprint("cuda"), "rounds": args.rounds,
+                   "rows": rows}, f, indent=2)
     print(f"wrote {args.json}")
     return 0
 

@@ -17,6 +17,8 @@ independently, so splitting V gives the single-sequence case enough programs to 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -27,10 +29,9 @@ from ._launch import launch
 from ._triton_compat import dot, loop_bound
 from .chunk_map import ChunkMap, sequence_span
 
-# 4 warps, BV = 32 (state_value_block), the chunk loop pipelined 3 deep: the fastest
-# configuration timed on sm_90 over one long sequence and packed short ones together (BV = 16 is
-# faster on one sequence, slower packed; 8 warps were slower everywhere, one program per SM at
-# 253-255 registers). Timings: benchmarks/results/design_history.md.
+# 4 warps, the chunk loop pipelined 3 deep, BV (state_value_block) 32 or 16: the fastest
+# configurations timed on sm_90 over one long sequence and packed short ones (8 warps were slower
+# everywhere). Timings: benchmarks/results/design_history.md.
 NUM_WARPS = 4
 # Pipelining depth for 16-bit inputs. float32 and float64 tiles take two and four times the
 # shared memory per stage (K = 256 would not fit), so their loop is not pipelined.
@@ -42,13 +43,32 @@ def pipeline_stages(input_dtype: torch.dtype) -> int:
     return NUM_STAGES if input_dtype.itemsize == 2 else 1
 
 
-def state_value_block(K: int, V: int) -> int:
-    """V columns per program (from K and V only, never from T).
+# Programs of this kernel an SM holds at once: 4 warps at 255 registers a thread (sm_90) take
+# half of an SM's 64K registers.
+PROGRAMS_PER_SM = 2
 
-    32 columns split V = 128 into four programs per head, which with 32 heads fills the GPU's
-    132 SMs for a single sequence; large K halves it to keep the K x BV state in registers.
+
+def state_value_block(K: int, V: int, pairs: int, sm_count: int | None) -> int:
+    """V columns per program, from K, V and the number of (sequence, value head) pairs, never
+    from T; sm_count is the GPU's (None: not a GPU).
+
+    A program is a chain of dependent MMAs, one chunk after another, that leaves its SM mostly
+    waiting: the stage runs fastest with as many programs at once as the SMs hold. 32 columns
+    (V = 128: four programs a pair) when that fills every SM's PROGRAMS_PER_SM; 16 when it would
+    not (one or two long sequences: 32 heads of one sequence make 128 programs), which doubles
+    the programs at the same bits (each state column's arithmetic is the same). Large K takes
+    16 always, to keep the K x BV state in registers.
     """
-    return min(block_size(V), 32 if block_size(K) <= 128 else 16)
+    widest = min(block_size(V), 32 if block_size(K) <= 128 else 16)
+    if sm_count is not None and pairs * cdiv(V, widest) < PROGRAMS_PER_SM * sm_count:
+        return min(widest, 16)
+    return widest
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int | None:
+    """The number of SMs of a CUDA device (None for any other)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
 
 
 @triton.jit(do_not_specialize=["seq_len"])
@@ -135,7 +155,7 @@ def recurrence(
     h = new_output((chunks.n_chunks, HV, K, V), acc, device)
     v_new = new_output((B, T, HV, V), acc, device)
     has_h0 = initial_state is not None
-    BV = state_value_block(K, V)
+    BV = state_value_block(K, V, N * HV, sm_count(device))
     if N * HV:
         # Unused pointer arguments get a tensor of the right dtype; their flags keep them unread.
         placeholder = g_cum

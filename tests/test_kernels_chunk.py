@@ -351,6 +351,41 @@ def test_compiled_variants_do_not_depend_on_sequence_length(device: str):
     assert fast_path_counts() == after_t64
 
 
+def test_state_value_block_fills_the_sms():
+    """The recurrence splits V into 32-column programs when they fill every SM twice over, into
+    16-column ones when they would not, and into 16 for large K whatever the SMs."""
+    rule = recurrence_module.state_value_block
+    sms = 132  # an H100
+    assert rule(128, 128, 1 * 32, sms) == 16  # one sequence, 32 heads: 128 programs of 32
+    assert rule(128, 128, 2 * 32, sms) == 16  # 256 < 264
+    assert rule(128, 128, 3 * 32, sms) == 32
+    assert rule(128, 128, 256 * 32, sms) == 32  # packed short sequences
+    assert rule(256, 128, 256 * 32, sms) == 16
+    assert rule(128, 16, 1, sms) == 16  # V itself is one 16-column block
+    assert rule(128, 128, 1, None) == 32  # not a GPU: the widest
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_state_value_block_keeps_the_bits(dtype: str, device: str, monkeypatch):
+    """Each column of the state evolves alone, so o and the final state are the same bits
+    whether a program takes 16 or 32 of them."""
+    case = varlen((5, 70, 130), H=1, HV=2, K=32, V=64, dtype=dtype, init_state="random", l2norm=True)
+    inputs = make_inputs(case)
+    blocks = {}
+
+    def run(value_block: int):
+        monkeypatch.setattr(recurrence_module, "state_value_block", lambda K, V, pairs, sms: value_block)
+        monkeypatch.setattr(recurrence_module, "launch", lambda kernel, grid, *args, **kw: (
+            blocks.setdefault(value_block, kw["BV"]), launch(kernel, grid, *args, **kw)))
+        return run_kernel(inputs, case, device)
+
+    launch = recurrence_module.launch
+    (o16, state16), (o32, state32) = run(16), run(32)
+    assert blocks == {16: 16, 32: 32}
+    assert_same_bits(o16, o32, "o")
+    assert_same_bits(state16, state32, "final_state")
+
+
 @pytest.mark.parametrize("init_state", ["random", "none"])
 def test_zero_length_sequence_keeps_its_state_bitwise(init_state: str, device: str):
     case = varlen((0, 70, 0, 0, 3, 0), init_state=init_state, **_SMALL)
