@@ -106,10 +106,6 @@ def breakdown_table(path: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def h100_stage_breakdown() -> str:
-    return breakdown_table(RESULTS / "h100" / "stage_breakdown.json")
-
-
 SPEED = RESULTS / "h100" / "speed"
 # The sweeps of issue #15's variants, each one `device` call (a process per configuration).
 SPEED_SWEEPS = (("1", "sweep_stages_call1.json"), ("3", "sweep_stages_call3.json"))
@@ -211,7 +207,8 @@ def h100_shards() -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla, "h100-stage-breakdown": h100_stage_breakdown,
+GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla,
+              "h100-stage-breakdown": lambda: breakdown_table(RESULTS / "h100" / "stage_breakdown.json"),
               "h100-shards": h100_shards, "h100-speed-variants": h100_speed_variants,
               "h100-speed-halves": h100_speed_halves,
               "h100-speed-rounds": lambda: sweep_rounds(SPEED / "sweep_stages_call4.json"),

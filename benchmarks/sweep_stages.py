@@ -14,11 +14,12 @@ T in parallel (one shared TRITON_CACHE_DIR), then time one after another on the 
 that fails to compile or faults (Triton 3.6 has miscompiled some of these into illegal memory
 accesses) is reported as such and costs only its own process. With --rounds N each
 configuration is timed in N processes, the configurations in alternating order (A B C, then
-C B A), and the median is reported beside the spread: the same kernel has timed 20% apart in
-two processes (benchmarks/results/h100/speed/), so a difference inside the spread is none.
+C B A), and the median is reported beside the spread: processes of one call agreed within 1%
+on an H100, calls on two machines differed by 20% (benchmarks/results/h100/speed/), so compare
+configurations within one call only.
 
 Each stage also runs once as shipped, and every configuration's results (all the stage's output
-tensors, at both shapes) are compared with the shipped ones bit for bit: a configuration that
+tensors, at every shape) are compared with the shipped ones bit for bit: a configuration that
 keeps the bits can replace the shipped one without rewriting the GPU goldens. Each also runs
 whole forwards at T = 64 and 1000 against the float64 reference (RMS error ratio of o and of
 the final state), so a configuration that changes bits shows what it does to the accuracy.

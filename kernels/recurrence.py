@@ -43,8 +43,9 @@ def pipeline_stages(input_dtype: torch.dtype) -> int:
     return NUM_STAGES if input_dtype.itemsize == 2 else 1
 
 
-# Programs of this kernel an SM holds at once: 4 warps at 255 registers a thread (sm_90) take
-# half of an SM's 64K registers.
+# Programs of this kernel an SM holds at once: 4 warps at 255 registers a thread (sm_90, both
+# value blocks: benchmarks/results/compile_sm90_value_block_triton3.6.json) take half of an SM's
+# 64K registers.
 PROGRAMS_PER_SM = 2
 
 
@@ -61,7 +62,7 @@ def state_value_block(K: int, V: int, pairs: int, sm_count: int | None) -> int:
     """
     widest = min(block_size(V), 32 if block_size(K) <= 128 else 16)
     if sm_count is not None and pairs * cdiv(V, widest) < PROGRAMS_PER_SM * sm_count:
-        return min(widest, 16)
+        return 16
     return widest
 
 

@@ -368,20 +368,20 @@ def test_state_value_block_fills_the_sms():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_state_value_block_keeps_the_bits(dtype: str, device: str, monkeypatch):
     """Each column of the state evolves alone, so o and the final state are the same bits
-    whether a program takes 16 or 32 of them."""
+    whether a program takes 16 or 32 of them. The SM count is what the launcher reads: many SMs
+    for this case's 6 (sequence, value head) pairs give 16 columns, one SM gives 32."""
     case = varlen((5, 70, 130), H=1, HV=2, K=32, V=64, dtype=dtype, init_state="random", l2norm=True)
     inputs = make_inputs(case)
-    blocks = {}
+    launch, blocks = recurrence_module.launch, {}
 
-    def run(value_block: int):
-        monkeypatch.setattr(recurrence_module, "state_value_block", lambda K, V, pairs, sms: value_block)
+    def run(sms: int):
+        monkeypatch.setattr(recurrence_module, "sm_count", lambda device: sms)
         monkeypatch.setattr(recurrence_module, "launch", lambda kernel, grid, *args, **kw: (
-            blocks.setdefault(value_block, kw["BV"]), launch(kernel, grid, *args, **kw)))
+            blocks.setdefault(sms, kw["BV"]), launch(kernel, grid, *args, **kw)))
         return run_kernel(inputs, case, device)
 
-    launch = recurrence_module.launch
-    (o16, state16), (o32, state32) = run(16), run(32)
-    assert blocks == {16: 16, 32: 32}
+    (o16, state16), (o32, state32) = run(132), run(1)
+    assert blocks == {132: 16, 1: 32}
     assert_same_bits(o16, o32, "o")
     assert_same_bits(state16, state32, "final_state")
 
