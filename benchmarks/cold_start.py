@@ -6,7 +6,9 @@ chunk_gated_delta_rule does) and, for comparison, one after the other as each fi
 Each run is a fresh child process with its own empty TRITON_CACHE_DIR; inputs (bench_kernels'
 bf16 shape, T = 64) are on the device and CUDA is initialised before the clock starts, so the
 time is Triton's: compiles, launcher builds, module loads, and the call itself. Runs alternate
-between the modes.
+between the modes. Each `ahead` run also records where its time went (`compile_timeline`: the
+driver's helper module, then each kernel's compile and load in its thread), so the kernel on
+the critical path is named.
 
     python benchmarks/cold_start.py [--repeats 3] [--json cold_start.json]
 """
@@ -29,7 +31,7 @@ def child(mode: str) -> None:
     import torch
 
     from bench_kernels import make_inputs
-    from gdn_verify.kernels import chunk, chunk_gated_delta_rule, compiled_variants
+    from gdn_verify.kernels import chunk, chunk_gated_delta_rule, compile_timeline, compiled_variants
 
     if mode == "serial":
         chunk.compile_ahead = lambda device: contextlib.nullcontext()
@@ -38,7 +40,19 @@ def child(mode: str) -> None:
     start = time.perf_counter()
     chunk_gated_delta_rule(**inputs)
     torch.cuda.synchronize()
-    print(json.dumps({"mode": mode, "first_call_s": time.perf_counter() - start, "variants": compiled_variants()}))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"mode": mode, "first_call_s": seconds, "variants": compiled_variants(),
+                      "timeline": compile_timeline() if mode == "ahead" else None}))
+
+
+def timeline_summary(timeline: dict | None) -> str:
+    """'  (driver 0.9 s; kkt_solve_kernel ends at 4.1 s: compile 2.8 + load 0.4 ...)', slowest kernel first."""
+    if not timeline:
+        return ""
+    ends = {name: t["start_s"] + t["compile_s"] + t["load_s"] for name, t in timeline.items() if name != "driver"}
+    parts = [f"{name} ends at {end:.2f} s: compile {timeline[name]['compile_s']:.2f} + load {timeline[name]['load_s']:.2f}"
+             for name, end in sorted(ends.items(), key=lambda kv: -kv[1])]
+    return f"  (driver {timeline['driver']['compile_s']:.2f} s; " + "; ".join(parts) + ")"
 
 
 def main() -> int:
@@ -64,7 +78,7 @@ def main() -> int:
                 done = subprocess.run([sys.executable, __file__, "--child", mode], env=env, capture_output=True,
                                       text=True, check=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{mode:<7} {runs[-1]['first_call_s']:.2f} s")
+            print(f"{mode:<7} {runs[-1]['first_call_s']:.2f} s" + timeline_summary(runs[-1]["timeline"]))
     summary = {mode: statistics.median(r["first_call_s"] for r in runs if r["mode"] == mode) for mode in MODES}
     print("median first call: " + ", ".join(f"{mode} {s:.2f} s" for mode, s in summary.items()))
 

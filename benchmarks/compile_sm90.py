@@ -59,7 +59,7 @@ def kernels() -> list[tuple[str, object, dict, dict]]:
         ("l2norm", l2norm.l2norm_kernel, dict(ROWS=l2norm._ROWS, BK=bk), dict(num_warps=l2norm.NUM_WARPS)),
         ("kkt_solve", kkt_solve.kkt_solve_kernel,
          dict(BK=bk, K_STEP=min(bk, kkt_solve._K_STEP), L2NORM=True, STORE_A=False, PRECISION=PRECISION),
-         dict(num_warps=kkt_solve.NUM_WARPS)),
+         dict(num_warps=kkt_solve.NUM_WARPS, maxnreg=kkt_solve.MAX_REGISTERS)),
         *((name, recurrence.recurrence_kernel,
            dict(BK=bk, BV=recurrence.state_value_block(K, V, pairs, H100_SMS), L2NORM=True, HAS_H0=True,
                 STORE_FINAL=True, PRECISION=PRECISION),
@@ -68,7 +68,7 @@ def kernels() -> list[tuple[str, object, dict, dict]]:
         ("output", output.output_kernel,
          dict(BK=bk, KB=min(bk, output.KEY_BLOCK), BV=output.VALUE_BLOCK, CHUNKS=output.CHUNKS_PER_PROGRAM,
               L2NORM=True, PRECISION=PRECISION),
-         dict(num_warps=output.NUM_WARPS, num_stages=output.NUM_STAGES)),
+         dict(num_warps=output.NUM_WARPS, num_stages=output.NUM_STAGES, maxnreg=output.MAX_REGISTERS)),
     ]
 
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,10 @@ _seen_keys: dict[str, set] = defaultdict(set)
 _kernels: dict[str, object] = {}
 # Launches collected by `compile_ahead` on this thread instead of running: (kernel, grid, args, constexprs).
 _ahead = threading.local()
+# The last compile_ahead pass, in seconds from its start: "driver" (Triton's CUDA helper module,
+# built before the threads start) and, per kernel, when its thread started, its compile and its
+# load (launcher build and module load).
+_timeline: dict[str, dict[str, float]] = {}
 
 
 def _python_fn(kernel):
@@ -83,14 +88,19 @@ def launch(kernel, grid, *args, **constexprs) -> None:
     kernel[grid](*args, **constexprs)
 
 
-def _compile_and_load(device: torch.device, launches: list) -> None:
+def _compile_and_load(device: torch.device, launches: list, origin: float) -> None:
     # A worker thread starts on CUDA device 0; the kernels are for the inputs' device.
+    times = _timeline.setdefault(_python_fn(launches[0][0]).__name__, {"start_s": time.perf_counter() - origin})
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         for kernel, grid, args, constexprs in launches:
+            start = time.perf_counter()
             compiled = kernel.warmup(*args, grid=grid, **constexprs)
+            compiled_at = time.perf_counter()
             # `run` is a property whose first read builds the launcher (a C extension Triton
             # compiles with the host compiler) and loads the binary: the rest of a cold launch.
             compiled.run
+            times["compile_s"] = times.get("compile_s", 0.0) + compiled_at - start
+            times["load_s"] = times.get("load_s", 0.0) + time.perf_counter() - compiled_at
 
 
 @contextlib.contextmanager
@@ -115,12 +125,22 @@ def compile_ahead(device: torch.device):
     finally:
         _ahead.launches = None
     if by_kernel:
+        _timeline.clear()
+        origin = time.perf_counter()
         driver.active  # created here, once: its constructor compiles Triton's CUDA helper module
+        _timeline["driver"] = {"compile_s": time.perf_counter() - origin}
         # One kernel's variants compile in order in one thread: Triton fills a kernel's cache
         # without a lock.
         with ThreadPoolExecutor(len(by_kernel)) as pool:
-            for done in [pool.submit(_compile_and_load, device, group) for group in by_kernel.values()]:
+            for done in [pool.submit(_compile_and_load, device, group, origin) for group in by_kernel.values()]:
                 done.result()
+
+
+def compile_timeline() -> dict[str, dict[str, float]]:
+    """Where the last compile_ahead pass spent its time, in seconds from its start: "driver"
+    (Triton's CUDA helper module, before any kernel) and, per kernel name, its thread's start,
+    compile and load (launcher build and binary load) seconds."""
+    return {name: dict(times) for name, times in _timeline.items()}
 
 
 def jit_cache_size(kernel) -> int | None:

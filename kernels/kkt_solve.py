@@ -41,6 +41,9 @@ _N_BLOCKS = tl.constexpr(4)
 # sequence keep the SMs full anyway.
 _K_STEP = 16
 NUM_WARPS = 1
+# Registers a thread (ptxas's maxnreg); None leaves them to ptxas, which takes 255 here: eight
+# one-warp programs an SM. A cap trades spills for programs an SM; the bits do not depend on it.
+MAX_REGISTERS = None
 
 
 @triton.jit
@@ -275,5 +278,5 @@ def kkt_solve(
         launch(kkt_solve_kernel, (chunks.n_chunks, HV), k, beta, g_cum, g_cum if rk is None else rk,
                tm, a if store_a else tm, *chunks.span_args, H, HV, K, HV // H,
                BK=block_size(K), K_STEP=min(block_size(K), _K_STEP), L2NORM=rk is not None, STORE_A=store_a,
-               PRECISION=precision, num_warps=NUM_WARPS)
+               PRECISION=precision, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS)
     return tm, a

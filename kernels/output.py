@@ -33,6 +33,9 @@ VALUE_BLOCK = 64
 CHUNKS_PER_PROGRAM = 4
 # Columns of K per step of the Q S and Q K^T accumulation.
 KEY_BLOCK = 64
+# Registers a thread (ptxas's maxnreg); None leaves them to ptxas, which takes 255 here: two
+# programs an SM. A cap trades spills for programs an SM; the bits do not depend on it.
+MAX_REGISTERS = None
 
 
 @triton.jit(do_not_specialize=["seq_len", "n_chunks"])
@@ -117,5 +120,5 @@ def output(
         launch(output_kernel, (groups * HV * cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
                *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
                BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
-               L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+               L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAX_REGISTERS)
     return o

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import pytest
 import torch
@@ -117,6 +118,27 @@ def test_a_failed_compile_is_raised_and_the_block_can_be_entered_again(no_driver
         _launch.launch(_StandInKernel("ok", log), (1,), 1, 2, BLOCK=16)
     assert [entry[0] for entry in log] == ["compile", "load"]
 
+
+def test_timeline_says_where_the_pass_spent_its_time(no_driver):
+    class Slow(_StandInKernel):
+        def warmup(self, *args, grid, **kwargs):
+            time.sleep(0.05)
+            return super().warmup(*args, grid=grid, **kwargs)
+
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(Slow("slow", []), (1,), 1, 2, BLOCK=16)
+        _launch.launch(Slow("slow", []), (1,), 1, 2, BLOCK=32)
+        _launch.launch(_StandInKernel("quick", []), (1,), 1, 2, BLOCK=16)
+    timeline = _launch.compile_timeline()
+    assert sorted(timeline) == ["driver", "quick", "slow"]
+    assert timeline["slow"]["compile_s"] >= 0.1  # both variants, one after the other
+    assert timeline["quick"]["compile_s"] < 0.05
+    assert all(times["start_s"] >= timeline["driver"]["compile_s"] for name, times in timeline.items()
+               if name != "driver")
+    # The next pass replaces it.
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(_StandInKernel("other", []), (1,), 1, 2, BLOCK=16)
+    assert sorted(_launch.compile_timeline()) == ["driver", "other"]
 
 def test_blocks_do_not_nest(no_driver):
     with _launch.compile_ahead(torch.device("cpu")):
