@@ -18,6 +18,7 @@ import argparse
 import gzip
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -165,6 +166,28 @@ def sweep_rounds(path: Path) -> str:
                     + f" | {same} | {acc['o']:.5f} | {acc['final_state']:.2e} |")
     return "\n".join(rows) + "\n"
 
+
+def cold_start_table(path: Path) -> str:
+    """Where cold starts spent their time (cold_start.py with compile timelines): per kernel, the
+    median over the `ahead` runs of its compile, its load (launcher build and module load) and
+    when it was done, from the start of the compile_ahead pass; the driver's helper module first."""
+    runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == "ahead" and r.get("timeline")]
+    med = statistics.median
+    names = sorted({n for r in runs for n in r["timeline"] if n != "driver"},
+                   key=lambda n: -med(_done_at(r["timeline"][n]) for r in runs))
+    rows = ["| step | compile s | load s | done at s |", "|---|---|---|---|",
+            f"| Triton's CUDA helper module (driver) | {med(r['timeline']['driver']['compile_s'] for r in runs):.2f} "
+            f"| | {med(r['timeline']['driver']['compile_s'] for r in runs):.2f} |"]
+    for name in names:
+        times = [r["timeline"][name] for r in runs]
+        rows.append(f"| {name} | {med(t['compile_s'] for t in times):.2f} | {med(t['load_s'] for t in times):.2f} "
+                    f"| {med(_done_at(t) for t in times):.2f} |")
+    rows.append(f"| first call, whole (median of {len(runs)}) | | | {med(r['first_call_s'] for r in runs):.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def _done_at(times: dict) -> float:
+    return times["start_s"] + times["compile_s"] + times["load_s"]
 
 TIMING_PARTS = ("inputs_s", "impl_s", "reference_s", "invariants_s")
 
