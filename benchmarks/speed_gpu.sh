@@ -5,7 +5,9 @@
 #   bash benchmarks/speed_gpu.sh bits       # `golden diff` over the gpu suite against the
 #                                           #  committed store of each of SPEED_IMPLS (default:
 #                                           #  gdn, our chunk kernel), in shards of one compile
-#                                           #  combination, SPEED_PARALLEL at a time
+#                                           #  combination, SPEED_PARALLEL at a time; SPEED_CASES
+#                                           #  (a case-id regex) narrows it, e.g. to the cases an
+#                                           #  earlier call's limit left uncompared
 #   bash benchmarks/speed_gpu.sh breakdown  # stage_breakdown.py (device time per stage, eager
 #                                           #  wall, ours beside FLA)
 #   bash benchmarks/speed_gpu.sh ncu        # ncu_stages.py (counters, stall reasons) at T = 65536
@@ -34,7 +36,7 @@ phase_bits() {
   local impl
   for impl in ${SPEED_IMPLS:-gdn}; do
     local store=goldens; [ "$impl" = gdn ] || store=goldens/$impl
-    shard_files "$WORK/$impl" --suite gpu > /dev/null
+    shard_files "$WORK/$impl" --suite gpu ${SPEED_CASES:+--cases "$SPEED_CASES"} > /dev/null
     shards "diff_$impl" 300 "$WORK/$impl" golden diff --suite gpu --impl "$impl" --device cuda \
       --goldens "$store" --no-audit --json SHARD.diff.json
     mkdir -p "$WORK/diffs/$impl"; cp "$WORK/$impl"/s???.diff.json "$WORK/diffs/$impl/" 2>/dev/null

@@ -110,9 +110,10 @@ def compile_ahead(device: torch.device):
 
     Triton compiles each kernel on its first launch, one after the other; with five stages that
     serial wait was most of a cold start (compile_sm90: 4.8 s of compiles, the solve 2.7 s of
-    it). Its compiler releases the GIL in the MLIR passes and runs ptxas and the launcher's C
-    compile as subprocesses, so threads overlap them. Compiled (GPU) launches only: the
-    interpreter has nothing to compile.
+    it). Threads overlap what Triton runs as subprocesses (ptxas, the launcher's C compile); its
+    compiler passes barely overlap (on an H100 machine each kernel compiled several times slower
+    in its thread than alone: benchmarks/results/README.md, `compile_timeline`). Compiled (GPU)
+    launches only: the interpreter has nothing to compile.
     """
     if getattr(_ahead, "launches", None) is not None:
         raise RuntimeError("compile_ahead blocks do not nest")
