@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 # 10% in one call and lost 20% in another (one process each). In three alternating rounds the
 # value block by occupancy won (kernels/recurrence.py) and the recurrence on S^T lost 30%.
 # MAX_REGISTERS caps ptxas's registers: 168 and 128 fit three and four output programs an SM
-# (two at 255), 168 and 128 double and quadruple kkt_solve's one-warp programs.
+# (two at 255) and 12 and 16 of kkt_solve's one-warp programs (8 at 255).
 SPACE = {
     "kkt_solve": {"NUM_WARPS": (1, 2), "_K_STEP": (16, 32), "MAX_REGISTERS": (None, 168, 128)},
     "recurrence": {"variant": ("shipped", "independent", "single"), "state_value_block": (16, 32), "NUM_STAGES": (3,)},
