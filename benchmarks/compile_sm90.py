@@ -10,7 +10,10 @@ machine, before any GPU run. Each kernel's floating-point PTX instructions, in o
 counted and digested (`fp_ops`): a change meant to leave the bits alone (host path, indexing)
 that leaves every digest as it was changed no floating-point operation of this variant.
 
-    python benchmarks/compile_sm90.py [--json compile_sm90.json]
+    python benchmarks/compile_sm90.py [--json compile_sm90.json] [--max-registers N]
+
+--max-registers sets kkt_solve's and the output stage's MAX_REGISTERS (ptxas's cap) before they
+compile: the registers, spills and floating-point digest a cap would give, without a GPU.
 
 Use the Triton version of the GPU image (3.6) for numbers that match the card.
 """
@@ -139,7 +142,11 @@ def ptxas_report(ptx: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="compile_sm90.json", help="results file (default: %(default)s)")
+    parser.add_argument("--max-registers", type=int, metavar="N",
+                        help="kkt_solve's and output's MAX_REGISTERS (default: as shipped)")
     args = parser.parse_args()
+    if args.max_registers is not None:
+        kkt_solve.MAX_REGISTERS = output.MAX_REGISTERS = args.max_registers
     stage_times: dict = {}
     timed_stages(stage_times)
     rows = []
@@ -171,6 +178,7 @@ def main() -> int:
 
     with open(args.json, "w") as f:
         json.dump({"benchmark": "compile_sm90", "target": "cuda sm_90", "triton": triton.__version__,
+                   "max_registers": {"kkt_solve": kkt_solve.MAX_REGISTERS, "output": output.MAX_REGISTERS},
                    "shape": {"H": H, "HV": HV, "K": K, "V": V, "dtype": "bfloat16", "l2norm": True},
                    "total_compile_s": round(total, 2), "rows": rows, "environment": fingerprint("cpu")}, f, indent=2)
     print(f"wrote {args.json}")

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fla_summary  # noqa: E402  (beside this file)
+import cold_start  # noqa: E402  (beside this file)
+import fla_summary  # noqa: E402
 import stage_breakdown  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -173,21 +174,18 @@ def cold_start_table(path: Path) -> str:
     when it was done, from the start of the compile_ahead pass; the driver's helper module first."""
     runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == "ahead" and r.get("timeline")]
     med = statistics.median
-    names = sorted({n for r in runs for n in r["timeline"] if n != "driver"},
-                   key=lambda n: -med(_done_at(r["timeline"][n]) for r in runs))
+    done = {name: med(cold_start.done_at(r["timeline"][name]) for r in runs)
+            for name in {n for r in runs for n in r["timeline"] if n != "driver"}}
+    driver = med(r["timeline"]["driver"]["compile_s"] for r in runs)
     rows = ["| step | compile s | load s | done at s |", "|---|---|---|---|",
-            f"| Triton's CUDA helper module (driver) | {med(r['timeline']['driver']['compile_s'] for r in runs):.2f} "
-            f"| | {med(r['timeline']['driver']['compile_s'] for r in runs):.2f} |"]
-    for name in names:
+            f"| Triton's CUDA helper module (driver) | {driver:.2f} | | {driver:.2f} |"]
+    for name in sorted(done, key=lambda n: -done[n]):
         times = [r["timeline"][name] for r in runs]
         rows.append(f"| {name} | {med(t['compile_s'] for t in times):.2f} | {med(t['load_s'] for t in times):.2f} "
-                    f"| {med(_done_at(t) for t in times):.2f} |")
+                    f"| {done[name]:.2f} |")
     rows.append(f"| first call, whole (median of {len(runs)}) | | | {med(r['first_call_s'] for r in runs):.2f} |")
     return "\n".join(rows) + "\n"
 
-
-def _done_at(times: dict) -> float:
-    return times["start_s"] + times["compile_s"] + times["load_s"]
 
 TIMING_PARTS = ("inputs_s", "impl_s", "reference_s", "invariants_s")
 

@@ -45,15 +45,16 @@ from concurrent.futures import ThreadPoolExecutor
 # output's 32-column block is miscompiled by Triton 3.6 (kernels/output.py).
 # "variant" names a form of the stage in benchmarks/stage_variants.py. On an H100
 # (benchmarks/results/h100/speed/): the output's 32-column key steps and 128-column value blocks
-# lost (1.5x, 1.1x), 2 to 8 chunks a program tied within 1%. The independent accumulators gained
-# 10% in one call and lost 20% in another (one process each). In three alternating rounds the
-# value block by occupancy won (kernels/recurrence.py) and the recurrence on S^T lost 30%.
+# lost (1.5x, 1.1x), 2 to 8 chunks a program tied within 1% (4 kept; 8 left the space). The
+# independent accumulators gained 10% in one call and lost 20% in another (one process each). In
+# three alternating rounds the value block by occupancy won (kernels/recurrence.py) and the
+# recurrence on S^T lost 30%.
 # MAX_REGISTERS caps ptxas's registers: 168 and 128 fit three and four output programs an SM
 # (two at 255) and 12 and 16 of kkt_solve's one-warp programs (8 at 255).
 SPACE = {
     "kkt_solve": {"NUM_WARPS": (1, 2), "_K_STEP": (16, 32), "MAX_REGISTERS": (None, 168, 128)},
     "recurrence": {"variant": ("shipped", "independent", "single"), "state_value_block": (16, 32), "NUM_STAGES": (3,)},
-    "output": {"variant": ("shipped", "single-output"), "CHUNKS_PER_PROGRAM": (4, 8), "MAX_REGISTERS": (None, 168, 128)},
+    "output": {"variant": ("shipped", "single-output"), "MAX_REGISTERS": (None, 168, 128)},
 }
 
 

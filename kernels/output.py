@@ -120,5 +120,6 @@ def output(
         launch(output_kernel, (groups * HV * cdiv(V, BV),), q, k, g_cum, rq, rk, h, v_new, o,
                *chunks.span_args, chunks.n_chunks, *split_scale(scale), H, HV, K, V, HV // H,
                BK=block_size(K), KB=min(block_size(K), KEY_BLOCK), BV=BV, CHUNKS=CHUNKS_PER_PROGRAM,
-               L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAX_REGISTERS)
+               L2NORM=norms is not None, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+               maxnreg=MAX_REGISTERS)
     return o

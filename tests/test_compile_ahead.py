@@ -119,26 +119,45 @@ def test_a_failed_compile_is_raised_and_the_block_can_be_entered_again(no_driver
     assert [entry[0] for entry in log] == ["compile", "load"]
 
 
-def test_timeline_says_where_the_pass_spent_its_time(no_driver):
+def test_timeline_says_where_the_pass_spent_its_time(monkeypatch):
+    class SlowDriver:
+        @property
+        def active(self):
+            time.sleep(0.05)  # the helper module's build
+
+    class SlowLoad(_Compiled):
+        @property
+        def run(self):
+            time.sleep(0.03)  # launcher build and module load
+            return super().run
+
     class Slow(_StandInKernel):
         def warmup(self, *args, grid, **kwargs):
-            time.sleep(0.05)
-            return super().warmup(*args, grid=grid, **kwargs)
+            time.sleep(0.2)
+            super().warmup(*args, grid=grid, **kwargs)
+            return SlowLoad(self._log, self.fn.__name__)
 
+    monkeypatch.setattr(_launch, "driver", SlowDriver())
     with _launch.compile_ahead(torch.device("cpu")):
         _launch.launch(Slow("slow", []), (1,), 1, 2, BLOCK=16)
         _launch.launch(Slow("slow", []), (1,), 1, 2, BLOCK=32)
         _launch.launch(_StandInKernel("quick", []), (1,), 1, 2, BLOCK=16)
     timeline = _launch.compile_timeline()
     assert sorted(timeline) == ["driver", "quick", "slow"]
-    assert timeline["slow"]["compile_s"] >= 0.1  # both variants, one after the other
+    assert timeline["driver"]["compile_s"] >= 0.05
+    # Both variants, one after the other, each compile apart from its load.
+    assert timeline["slow"]["compile_s"] >= 0.4
+    assert 0.06 <= timeline["slow"]["load_s"] < 0.3
     assert timeline["quick"]["compile_s"] < 0.05
+    # Kernels start once the driver is ready, counted from the pass's start.
     assert all(times["start_s"] >= timeline["driver"]["compile_s"] for name, times in timeline.items()
                if name != "driver")
     # The next pass replaces it.
+    monkeypatch.setattr(_launch, "driver", type("Driver", (), {"active": None})())
     with _launch.compile_ahead(torch.device("cpu")):
         _launch.launch(_StandInKernel("other", []), (1,), 1, 2, BLOCK=16)
     assert sorted(_launch.compile_timeline()) == ["driver", "other"]
+
 
 def test_blocks_do_not_nest(no_driver):
     with _launch.compile_ahead(torch.device("cpu")):
