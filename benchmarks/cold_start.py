@@ -1,14 +1,15 @@
 """Cold start of the chunked forward: the first call's wall time in a fresh process with an
 empty Triton cache, with the stages' kernels compiled at once (`compile_ahead`, what
-chunk_gated_delta_rule does) and, for comparison, one after the other as each first launches
-(compile_ahead replaced by a no-op). CUDA only.
+chunk_gated_delta_rule does: `ahead`, one forked child per kernel) and, for comparison, in
+threads of the calling process (`threads`, compile_ahead without children) and one after the
+other as each first launches (`serial`, compile_ahead replaced by a no-op). CUDA only.
 
 Each run is a fresh child process with its own empty TRITON_CACHE_DIR; inputs (bench_kernels'
 bf16 shape, T = 64) are on the device and CUDA is initialised before the clock starts, so the
 time is Triton's: compiles, launcher builds, module loads, and the call itself. Runs alternate
-between the modes. Each `ahead` run also records where its time went (`compile_timeline`: the
-driver's helper module, then each kernel's compile and load in its thread), so the kernel on
-the critical path is named.
+between the modes. Each `ahead` and `threads` run also records where its time went
+(`compile_timeline`: the driver's helper module, then each kernel's compile and load), so the
+kernel on the critical path is named.
 
     python benchmarks/cold_start.py [--repeats 3] [--json cold_start.json]
 """
@@ -22,17 +23,18 @@ import sys
 import tempfile
 import time
 
-MODES = ("ahead", "serial")
+MODES = ("ahead", "threads", "serial")
 
 
 def child(mode: str) -> None:
     import contextlib
 
     import torch
-
     from bench_kernels import make_inputs
-    from gdn_verify.kernels import chunk, chunk_gated_delta_rule, compile_timeline, compiled_variants
+    from gdn_verify.kernels import _launch, chunk, chunk_gated_delta_rule, compile_timeline, compiled_variants
 
+    if mode == "threads":
+        _launch.COMPILE_IN_CHILDREN = False
     if mode == "serial":
         chunk.compile_ahead = lambda device: contextlib.nullcontext()
     inputs = make_inputs([64], packed=False, seed=64)
@@ -42,11 +44,11 @@ def child(mode: str) -> None:
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(json.dumps({"mode": mode, "first_call_s": seconds, "variants": compiled_variants(),
-                      "timeline": compile_timeline() if mode == "ahead" else None}))
+                      "timeline": compile_timeline() if mode != "serial" else None}))
 
 
 def done_at(times: dict) -> float:
-    """When a kernel's thread had compiled and loaded it, in seconds from the pass's start."""
+    """When a kernel had been compiled and loaded, in seconds from the pass's start."""
     return times["start_s"] + times["compile_s"] + times["load_s"]
 
 

@@ -168,17 +168,18 @@ def sweep_rounds(path: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def cold_start_table(path: Path) -> str:
+def cold_start_table(path: Path, mode: str = "ahead") -> str:
     """Where cold starts spent their time (cold_start.py with compile timelines): per kernel, the
-    median over the `ahead` runs of its compile, its load (launcher build and module load) and
-    when it was done, from the start of the compile_ahead pass; the driver's helper module first."""
-    runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == "ahead" and r.get("timeline")]
+    median over the runs of `mode` of its compile, its load (cache read, launcher build, module
+    load) and when it was done, from the start of the compile_ahead pass; what the pass does
+    before any kernel (the driver's helper module) first."""
+    runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == mode and r.get("timeline")]
     med = statistics.median
     done = {name: med(cold_start.done_at(r["timeline"][name]) for r in runs)
             for name in {n for r in runs for n in r["timeline"] if n != "driver"}}
     driver = med(r["timeline"]["driver"]["compile_s"] for r in runs)
     rows = ["| step | compile s | load s | done at s |", "|---|---|---|---|",
-            f"| Triton's CUDA helper module (driver) | {driver:.2f} | | {driver:.2f} |"]
+            f"| before any kernel (driver) | {driver:.2f} | | {driver:.2f} |"]
     for name in sorted(done, key=lambda n: -done[n]):
         times = [r["timeline"][name] for r in runs]
         rows.append(f"| {name} | {med(t['compile_s'] for t in times):.2f} | {med(t['load_s'] for t in times):.2f} "

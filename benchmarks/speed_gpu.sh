@@ -75,7 +75,7 @@ phase_sweep() {
   tar czf "$FINAL/speed_logs.tgz" -C "$WORK" logs; }
 
 phase_cold() {
-  step cold_start 120 python3 benchmarks/cold_start.py --repeats 3 --json "$FINAL/cold_start.json"
+  step cold_start 200 python3 benchmarks/cold_start.py --repeats 3 --json "$FINAL/cold_start.json"
   tar czf "$FINAL/speed_logs.tgz" -C "$WORK" logs; }
 
 for phase in "$@"; do "phase_$phase"; done

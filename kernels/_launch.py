@@ -14,23 +14,35 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import multiprocessing
+import os
 import threading
 import time
+import traceback
+import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import triton.language as tl
+from triton.runtime.cache import triton_key
 from triton.runtime.driver import driver
 
 _seen_keys: dict[str, set] = defaultdict(set)
 _kernels: dict[str, object] = {}
 # Launches collected by `compile_ahead` on this thread instead of running: (kernel, grid, args, constexprs).
 _ahead = threading.local()
-# The last compile_ahead pass, in seconds from its start: "driver" (Triton's CUDA helper module,
-# built before the threads start) and, per kernel, when its thread started, its compile and its
-# load (launcher build and module load).
+# The last compile_ahead pass, in seconds from its start: "driver" (Triton's CUDA helper module
+# and cache-key hash, before any kernel) and, per kernel, when its child (or thread) started, its
+# compile, its load (cache read, launcher build, module load) and its child's exit code.
 _timeline: dict[str, dict[str, float]] = {}
+# compile_ahead compiles each kernel in a forked child where it can (False: in threads of this
+# process, as cold_start.py's `threads` mode measures).
+COMPILE_IN_CHILDREN = True
+# A child still compiling after this long is taken to be stuck (a fork can inherit a lock some
+# other thread held) and is killed; its kernel then compiles here. The slowest compile, the
+# solve's, takes seconds.
+CHILD_TIMEOUT_S = 300.0
 
 
 def _python_fn(kernel):
@@ -88,32 +100,115 @@ def launch(kernel, grid, *args, **constexprs) -> None:
     kernel[grid](*args, **constexprs)
 
 
-def _compile_and_load(device: torch.device, launches: list, origin: float) -> None:
+class _ChildDriver:
+    """Triton's driver as a forked compile child sees it: the parent's answers to the three
+    device questions a warmup asks (device, stream, target) and the parent's launcher class. So
+    the child compiles under the cache key the parent's launch looks up, and never calls CUDA,
+    whose context does not survive a fork."""
+
+    def __init__(self, device_index: int, target, launcher_cls):
+        self._device_index, self._target, self.launcher_cls = device_index, target, launcher_cls
+
+    def get_current_device(self) -> int:
+        return self._device_index
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self):
+        return self._target
+
+
+def _compile_in_child(launches: list, child_driver: _ChildDriver) -> None:
+    """A forked child's work: compile `launches` into Triton's disk cache, and build their
+    launchers (also cached on disk) where the driver has a launcher class. On failure it prints
+    the traceback and exits with 1; the parent warns and compiles the kernel itself, so a real
+    compile error is raised there too."""
+    try:
+        driver.set_active(child_driver)
+        for kernel, grid, args, constexprs in launches:
+            compiled = kernel.warmup(*args, grid=grid, **constexprs)
+            if child_driver.launcher_cls is not None:
+                child_driver.launcher_cls(compiled.src, compiled.metadata)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
+def _fork_compiles(by_kernel: dict[str, list], device: torch.device, origin: float) -> dict[str, object]:
+    """Kernel name -> the forked child compiling its variants, or {} where children cannot
+    compile: no fork on this platform, COMPILE_IN_CHILDREN off, or a driver that cannot name its
+    target.
+
+    Forked, not spawned: a fresh interpreter would import torch and Triton again (seconds)
+    before compiling. The children use no CUDA, no torch op and no lock a parent thread could
+    hold, as a PyTorch DataLoader's forked workers do; Python warns about any fork of a
+    multi-threaded process, so that warning is silenced here alone.
+    """
+    active = driver.active
+    if not COMPILE_IN_CHILDREN or "fork" not in multiprocessing.get_all_start_methods() \
+            or not hasattr(active, "get_current_target"):
+        return {}
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        child_driver = _ChildDriver(active.get_current_device(), active.get_current_target(),
+                                    getattr(active, "launcher_cls", None))
+    context = multiprocessing.get_context("fork")
+    children = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        for name, launches in by_kernel.items():
+            children[name] = context.Process(target=_compile_in_child, args=(launches, child_driver), daemon=True)
+            _timeline[name] = {"start_s": time.perf_counter() - origin}
+            children[name].start()
+    return children
+
+
+def _compile_and_load(device: torch.device, launches: list, origin: float, child=None) -> None:
+    """Compile (or, after `child` has, read from the disk cache) and load one kernel's variants."""
+    name = _python_fn(launches[0][0]).__name__
+    times = _timeline.setdefault(name, {"start_s": time.perf_counter() - origin})
+    times.update(compile_s=0.0, load_s=0.0)
+    in_cache = False
+    if child is not None:
+        child.join(CHILD_TIMEOUT_S)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        times.update(compile_s=time.perf_counter() - origin - times["start_s"], child_exit=child.exitcode)
+        in_cache = child.exitcode == 0
+        if not in_cache:
+            warnings.warn(f"compile_ahead: the child compiling {name} exited with {child.exitcode}; compiling it "
+                          "in this process instead", RuntimeWarning)
     # A worker thread starts on CUDA device 0; the kernels are for the inputs' device.
-    times = _timeline.setdefault(_python_fn(launches[0][0]).__name__, {"start_s": time.perf_counter() - origin})
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         for kernel, grid, args, constexprs in launches:
             start = time.perf_counter()
             compiled = kernel.warmup(*args, grid=grid, **constexprs)
             compiled_at = time.perf_counter()
             # `run` is a property whose first read builds the launcher (a C extension Triton
-            # compiles with the host compiler) and loads the binary: the rest of a cold launch.
+            # compiles with the host compiler, unless a child left it in the cache) and loads
+            # the binary: the rest of a cold launch.
             compiled.run
-            times["compile_s"] = times.get("compile_s", 0.0) + compiled_at - start
-            times["load_s"] = times.get("load_s", 0.0) + time.perf_counter() - compiled_at
+            if not in_cache:
+                times["compile_s"] += compiled_at - start
+            times["load_s"] += time.perf_counter() - (start if in_cache else compiled_at)
 
 
 @contextlib.contextmanager
 def compile_ahead(device: torch.device):
-    """Launches inside this block do not run; on leaving it, the kernels they need are compiled
-    and loaded, one thread per kernel, so a first call's compiles overlap instead of queuing.
+    """Launches inside this block do not run; on leaving it, the kernels they need are compiled,
+    one forked child per kernel, and loaded, so a first call's compiles overlap instead of
+    queuing.
 
     Triton compiles each kernel on its first launch, one after the other; with five stages that
     serial wait was most of a cold start (compile_sm90: 4.8 s of compiles, the solve 2.7 s of
-    it). Threads overlap what Triton runs as subprocesses (ptxas, the launcher's C compile); its
-    compiler passes barely overlap (on an H100 machine each kernel compiled several times slower
-    in its thread than alone: benchmarks/results/README.md, `compile_timeline`). Compiled (GPU)
-    launches only: the interpreter has nothing to compile.
+    it). Threads of one process did not fix it: they overlap what Triton runs as subprocesses
+    (ptxas, the launcher's C compile), but its compiler passes hardly overlap, so each kernel
+    compiled several times slower in its thread than alone (benchmarks/results/README.md,
+    `compile_timeline`). Children compile into Triton's disk cache under the key this process
+    then looks up, so the kernels a child compiled are read back here, and any a child failed
+    on are compiled here. Without children (see _fork_compiles) the compiles run in threads.
+    Compiled (GPU) launches only: the interpreter has nothing to compile.
     """
     if getattr(_ahead, "launches", None) is not None:
         raise RuntimeError("compile_ahead blocks do not nest")
@@ -128,19 +223,28 @@ def compile_ahead(device: torch.device):
     if by_kernel:
         _timeline.clear()
         origin = time.perf_counter()
-        driver.active  # created here, once: its constructor compiles Triton's CUDA helper module
+        with ThreadPoolExecutor(2) as pool:
+            # Built here, once: the driver's constructor compiles Triton's CUDA helper module;
+            # Triton's own cache key hashes its sources, once a process, and the children
+            # inherit it.
+            for done in [pool.submit(lambda: driver.active), pool.submit(triton_key)]:
+                done.result()
         _timeline["driver"] = {"compile_s": time.perf_counter() - origin}
+        children = _fork_compiles(by_kernel, device, origin)
         # One kernel's variants compile in order in one thread: Triton fills a kernel's cache
         # without a lock.
         with ThreadPoolExecutor(len(by_kernel)) as pool:
-            for done in [pool.submit(_compile_and_load, device, group, origin) for group in by_kernel.values()]:
+            for done in [pool.submit(_compile_and_load, device, group, origin, children.get(name))
+                         for name, group in by_kernel.items()]:
                 done.result()
 
 
 def compile_timeline() -> dict[str, dict[str, float]]:
     """Where the last compile_ahead pass spent its time, in seconds from its start: "driver"
-    (Triton's CUDA helper module, before any kernel) and, per kernel name, its thread's start,
-    compile and load (launcher build and binary load) seconds."""
+    (Triton's CUDA helper module and cache-key hash, before any kernel) and, per kernel name,
+    start_s (its child forked, or its thread started), compile_s (the child's whole life, plus
+    any compile here after a child failed), load_s (cache read, launcher build, binary load) and
+    child_exit (the child's exit code; absent where it compiled in a thread)."""
     return {name: dict(times) for name, times in _timeline.items()}
 
 

@@ -1,16 +1,22 @@
 """compile_ahead (kernels/_launch.py) and the entry point's first-call use of it.
 
-Compiling needs a GPU, so these tests drive compile_ahead with stand-in kernels that record
-what Triton would be asked to do, and check the entry point's gate with a stand-in
-compile_ahead. What the real compiles save is measured on the H200 (bench_kernels.py's cold
-start).
+Loading needs a GPU, so these tests drive compile_ahead with stand-in kernels that record
+what Triton would be asked to do (in which process, with which driver answers), and check the
+entry point's gate with a stand-in compile_ahead; one test compiles a real stage kernel for
+sm_90 in a forked child and finds it in the parent's cache lookup (fork_compile_probe.py).
+What the real compiles save is measured on a card (benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +195,119 @@ def test_entry_point_compiles_ahead_once_per_configuration(monkeypatch, device: 
     assert len(entered) == 1, "T must not make a call count as a new configuration"
     chunk_gated_delta_rule(**inputs(20, "float64"))
     assert len(entered) == 2
+
+
+class _DriverWithTarget:
+    """Triton's driver config, stand-in: its active driver names a device and a target, so
+    compile_ahead forks a child per kernel, and a child can swap in its own driver."""
+
+    def __init__(self):
+        self.active = self
+
+    def get_current_device(self) -> int:
+        return 3
+
+    def get_current_target(self) -> str:
+        return "the parent's target"
+
+    def set_active(self, child_driver) -> None:
+        self.active = child_driver
+
+
+class _LoggingKernel(_StandInKernel):
+    """Logs each warmup's process, device and target to a file: a child's memory is its own."""
+
+    def __init__(self, name: str, path, fail_in_child: bool = False):
+        super().__init__(name, [])
+        self._path, self._fail_in_child, self._parent = path, fail_in_child, os.getpid()
+
+    def warmup(self, *args, grid, **kwargs):
+        active = _launch.driver.active
+        with open(self._path, "a") as f:
+            f.write(json.dumps([self.fn.__name__, os.getpid(), active.get_current_device(),
+                                active.get_current_target(), kwargs["BLOCK"]]) + "\n")
+        if self._fail_in_child and os.getpid() != self._parent:
+            raise RuntimeError("the child's compile failed")
+        return super().warmup(*args, grid=grid, **kwargs)
+
+
+def _warmups(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_each_kernel_compiles_in_its_own_child_and_loads_here(monkeypatch, tmp_path):
+    monkeypatch.setattr(_launch, "driver", _DriverWithTarget())
+    log = tmp_path / "warmups.jsonl"
+    first, second = _LoggingKernel("first", log), _LoggingKernel("second", log)
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(first, (1,), 1, 2, BLOCK=16)
+        _launch.launch(second, (1,), 1, 2, BLOCK=16)
+        _launch.launch(second, (1,), 1, 2, BLOCK=32)
+    here = os.getpid()
+    children = {name: {pid for kernel, pid, *_ in _warmups(log) if kernel == name and pid != here}
+                for name in ("first", "second")}
+    # One child per kernel, its variants in order; each child asked the parent's device and target.
+    assert len(children["first"]) == len(children["second"]) == 1 and children["first"] != children["second"]
+    in_children = [entry for entry in _warmups(log) if entry[1] != here]
+    assert sorted(entry[0] for entry in in_children) == ["first", "second", "second"]
+    assert [entry[4] for entry in in_children if entry[0] == "second"] == [16, 32]
+    assert all(entry[2:4] == [3, "the parent's target"] for entry in in_children)
+    # Then this process reads each variant back and loads it.
+    assert sorted((entry[0], entry[4]) for entry in _warmups(log) if entry[1] == here) == \
+        [("first", 16), ("second", 16), ("second", 32)]
+    assert sorted(entry for entry in first._log + second._log if entry[0] == "load") == \
+        [("load", "first"), ("load", "second"), ("load", "second")]
+    timeline = _launch.compile_timeline()
+    assert timeline["first"]["child_exit"] == timeline["second"]["child_exit"] == 0
+
+
+def test_a_failed_child_warns_and_its_kernel_compiles_here(monkeypatch, tmp_path):
+    monkeypatch.setattr(_launch, "driver", _DriverWithTarget())
+    log = tmp_path / "warmups.jsonl"
+    with pytest.warns(RuntimeWarning, match="child compiling broken exited with 1"):
+        with _launch.compile_ahead(torch.device("cpu")):
+            _launch.launch(_LoggingKernel("broken", log, fail_in_child=True), (1,), 1, 2, BLOCK=16)
+            _launch.launch(_LoggingKernel("fine", log), (1,), 1, 2, BLOCK=16)
+    assert [entry[0] for entry in _warmups(log) if entry[1] == os.getpid()].count("broken") == 1
+    timeline = _launch.compile_timeline()
+    assert (timeline["broken"]["child_exit"], timeline["fine"]["child_exit"]) == (1, 0)
+
+
+def test_without_children_the_kernels_compile_in_threads(monkeypatch, tmp_path):
+    monkeypatch.setattr(_launch, "driver", _DriverWithTarget())
+    monkeypatch.setattr(_launch, "COMPILE_IN_CHILDREN", False)
+    log = tmp_path / "warmups.jsonl"
+    with _launch.compile_ahead(torch.device("cpu")):
+        _launch.launch(_LoggingKernel("kernel", log), (1,), 1, 2, BLOCK=16)
+    assert [entry[1] for entry in _warmups(log)] == [os.getpid()]
+    assert "child_exit" not in _launch.compile_timeline()["kernel"]
+
+
+def test_a_childs_compile_is_read_back_here_from_the_disk_cache(tmp_path):
+    """Real Triton, no GPU, in a fresh process (this one's interpreter state cannot compile):
+    the cumsum stage's launch, compiled by a forked child, is a cache hit for the parent; a
+    variant no child compiled (float64 accumulation) is not."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("fork_compile_probe.py")), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"child_exit": 0, "before": [], "cache_hits": [True, False]}, done.stderr[-2000:]
+
+
+def test_a_stuck_child_is_killed_and_its_kernel_compiles_here(monkeypatch, tmp_path):
+    class Stuck(_LoggingKernel):
+        def warmup(self, *args, grid, **kwargs):
+            if os.getpid() != self._parent:
+                time.sleep(60)
+            return super().warmup(*args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(_launch, "driver", _DriverWithTarget())
+    monkeypatch.setattr(_launch, "CHILD_TIMEOUT_S", 0.5)
+    log = tmp_path / "warmups.jsonl"
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="child compiling stuck exited with -9"):
+        with _launch.compile_ahead(torch.device("cpu")):
+            _launch.launch(Stuck("stuck", log), (1,), 1, 2, BLOCK=16)
+    assert time.perf_counter() - start < 30
+    assert [entry[1] for entry in _warmups(log)] == [os.getpid()]
