@@ -139,10 +139,11 @@ def tests(session: nox.Session) -> None:
 @nox.session(name="tests-triton")
 @nox.parametrize("triton", TRITON_VERSIONS)
 def tests_triton(session: nox.Session, triton: str) -> None:
-    """Kernel tests under the interpreter of each supported Triton release."""
+    """Kernel tests under the interpreter of each supported Triton release, and compile_ahead's
+    (whose children must compile under the cache keys each release's parent looks up)."""
     _install(session, "test", triton=triton)
     _pytest(session, f"junit-tests-triton-{triton}.xml", "tests/test_kernels_chunk.py",
-            "tests/test_kernels_recurrent.py")
+            "tests/test_kernels_recurrent.py", "tests/test_compile_ahead.py")
 
 
 @nox.session

@@ -137,8 +137,8 @@ def _compile_in_child(launches: list, child_driver: _ChildDriver) -> None:
 
 def _fork_compiles(by_kernel: dict[str, list], device: torch.device, origin: float) -> dict[str, object]:
     """Kernel name -> the forked child compiling its variants, or {} where children cannot
-    compile: no fork on this platform, COMPILE_IN_CHILDREN off, or a driver that cannot name its
-    target.
+    compile: no fork on this platform, COMPILE_IN_CHILDREN off, a daemonic process (which
+    multiprocessing forbids to have children), or a driver that cannot name its target.
 
     Forked, not spawned: a fresh interpreter would import torch and Triton again (seconds)
     before compiling. The children use no CUDA, no torch op and no lock a parent thread could
@@ -147,8 +147,14 @@ def _fork_compiles(by_kernel: dict[str, list], device: torch.device, origin: flo
     """
     active = driver.active
     if not COMPILE_IN_CHILDREN or "fork" not in multiprocessing.get_all_start_methods() \
-            or not hasattr(active, "get_current_target"):
+            or multiprocessing.current_process().daemon or not hasattr(active, "get_current_target"):
         return {}
+    for launches in by_kernel.values():
+        # Triton memoizes each jit function's source hash (part of the cache key), and the hash
+        # depends on which helper functions had theirs computed first (a helper's globals join
+        # its caller's only once the helper is hashed). Hashed here, before the fork, every
+        # child inherits the hashes this process looks its kernels up with.
+        getattr(launches[0][0], "cache_key", None)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         child_driver = _ChildDriver(active.get_current_device(), active.get_current_target(),
                                     getattr(active, "launcher_cls", None))

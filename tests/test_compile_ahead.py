@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -273,9 +274,13 @@ def test_a_failed_child_warns_and_its_kernel_compiles_here(monkeypatch, tmp_path
     assert (timeline["broken"]["child_exit"], timeline["fine"]["child_exit"]) == (1, 0)
 
 
-def test_without_children_the_kernels_compile_in_threads(monkeypatch, tmp_path):
+@pytest.mark.parametrize("why", ["switched off", "daemonic process"])
+def test_without_children_the_kernels_compile_in_threads(monkeypatch, tmp_path, why):
     monkeypatch.setattr(_launch, "driver", _DriverWithTarget())
-    monkeypatch.setattr(_launch, "COMPILE_IN_CHILDREN", False)
+    if why == "switched off":
+        monkeypatch.setattr(_launch, "COMPILE_IN_CHILDREN", False)
+    else:
+        monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
     log = tmp_path / "warmups.jsonl"
     with _launch.compile_ahead(torch.device("cpu")):
         _launch.launch(_LoggingKernel("kernel", log), (1,), 1, 2, BLOCK=16)
@@ -283,16 +288,19 @@ def test_without_children_the_kernels_compile_in_threads(monkeypatch, tmp_path):
     assert "child_exit" not in _launch.compile_timeline()["kernel"]
 
 
-def test_a_childs_compile_is_read_back_here_from_the_disk_cache(tmp_path):
+def test_the_childrens_compiles_are_read_back_here_from_the_disk_cache(tmp_path):
     """Real Triton, no GPU, in a fresh process (this one's interpreter state cannot compile):
-    the cumsum stage's launch, compiled by a forked child, is a cache hit for the parent; a
-    variant no child compiled (float64 accumulation) is not."""
+    every stage kernel of a first call, compiled by forked children, is a cache hit for the
+    parent's look-ups in threads; a variant no child compiled (float64) is not."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("fork_compile_probe.py")), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"child_exit": 0, "before": [], "cache_hits": [True, False]}, done.stderr[-2000:]
+    kernels = ["cumsum_kernel", "kkt_solve_kernel", "l2norm_kernel", "output_kernel", "recurrence_kernel"]
+    assert result == {"child_exits": [0], "kernels": kernels, "before": [],
+                      "looked_up": [[name, True] for name in kernels], "control": [["cumsum_kernel", False]]}, \
+        done.stderr[-2000:]
 
 
 def test_a_stuck_child_is_killed_and_its_kernel_compiles_here(monkeypatch, tmp_path):
@@ -311,3 +319,30 @@ def test_a_stuck_child_is_killed_and_its_kernel_compiles_here(monkeypatch, tmp_p
             _launch.launch(Stuck("stuck", log), (1,), 1, 2, BLOCK=16)
     assert time.perf_counter() - start < 30
     assert [entry[1] for entry in _warmups(log)] == [os.getpid()]
+
+
+@pytest.mark.gpu
+def test_a_first_call_compiled_in_children_runs_and_matches_threads_bit_for_bit(device, tmp_path):
+    """On a card: each stage kernel's child exits 0 (a CUDA context inherited by fork is never
+    touched), the parent finds every kernel in the cache (compiles nothing itself), and the
+    outputs equal those of a first call compiled in threads, bit for bit."""
+    if device != "cuda":
+        pytest.skip("compiling and loading kernels needs a CUDA device")
+    results, probes = {}, {}
+    for mode in ("children", "threads"):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["TRITON_CACHE_DIR"] = str(tmp_path / f"cache-{mode}")
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("first_call_probe.py")), mode,
+                               str(tmp_path / f"{mode}.pt")], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        probes[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[mode] = torch.load(tmp_path / f"{mode}.pt")
+    kernels = sorted(name for name in probes["children"]["timeline"] if name != "driver")
+    assert len(kernels) == 5 and all(probes["children"]["timeline"][name]["child_exit"] == 0
+                                     for name in kernels), probes
+    assert probes["children"]["compiles"] == [[name, True] for name in kernels], probes
+    assert probes["threads"]["compiles"] == [[name, False] for name in kernels], probes
+    assert not any("child_exit" in times for times in probes["threads"]["timeline"].values())
+    for name in ("o", "final_state"):
+        ours, theirs = (results[mode][name].contiguous().view(torch.uint8) for mode in ("children", "threads"))
+        assert torch.equal(ours, theirs), name
