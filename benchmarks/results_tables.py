@@ -235,7 +235,9 @@ GENERATORS = {"h100-gpu-suite": h100_gpu_suite, "h100-fla": h100_fla,
               "h100-speed-halves": h100_speed_halves,
               "h100-speed-rounds": lambda: sweep_rounds(SPEED / "sweep_stages_call4.json"),
               "h100-speed-value-block": lambda: breakdown_table(SPEED / "stage_breakdown_call5.json"),
-              "h100-cold-start-timeline": lambda: cold_start_table(SPEED / "cold_start_call7.json")}
+              "h100-cold-start-timeline": lambda: cold_start_table(SPEED / "cold_start_call7.json"),
+              "h100-cold-start-call9-threads": lambda: cold_start_table(SPEED / "cold_start_call9.json", "threads"),
+              "h100-cold-start-call9-children": lambda: cold_start_table(SPEED / "cold_start_call9.json")}
 FILES = {RESULTS / "h100" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100"),
          RESULTS / "h100" / "fla_machine2" / "fla_gpu.md": lambda: fla_summary.render(RESULTS / "h100" / "fla_machine2")}
 
