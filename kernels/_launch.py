@@ -135,6 +135,17 @@ def _compile_in_child(launches: list, child_driver: _ChildDriver) -> None:
         os._exit(1)
 
 
+def _hash_sources(by_kernel: dict[str, list]) -> None:
+    """Compute each kernel's source hash (part of Triton's cache key) now, in launch order.
+
+    Triton 3.6 memoizes the hash, and it depends on which helper functions had theirs computed
+    first (a helper's globals join its caller's only once the helper is hashed). Hashed before
+    any fork, children inherit the hashes this process looks its kernels up with, and threads
+    cannot race to different ones."""
+    for launches in by_kernel.values():
+        getattr(launches[0][0], "cache_key", None)
+
+
 def _fork_compiles(by_kernel: dict[str, list], device: torch.device, origin: float) -> dict[str, object]:
     """Kernel name -> the forked child compiling its variants, or {} where children cannot
     compile: no fork on this platform, COMPILE_IN_CHILDREN off, a daemonic process (which
@@ -149,12 +160,6 @@ def _fork_compiles(by_kernel: dict[str, list], device: torch.device, origin: flo
     if not COMPILE_IN_CHILDREN or "fork" not in multiprocessing.get_all_start_methods() \
             or multiprocessing.current_process().daemon or not hasattr(active, "get_current_target"):
         return {}
-    for launches in by_kernel.values():
-        # Triton memoizes each jit function's source hash (part of the cache key), and the hash
-        # depends on which helper functions had theirs computed first (a helper's globals join
-        # its caller's only once the helper is hashed). Hashed here, before the fork, every
-        # child inherits the hashes this process looks its kernels up with.
-        getattr(launches[0][0], "cache_key", None)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         child_driver = _ChildDriver(active.get_current_device(), active.get_current_target(),
                                     getattr(active, "launcher_cls", None))
@@ -208,13 +213,14 @@ def compile_ahead(device: torch.device):
 
     Triton compiles each kernel on its first launch, one after the other; with five stages that
     serial wait was most of a cold start (compile_sm90: 4.8 s of compiles, the solve 2.7 s of
-    it). Threads of one process did not fix it: they overlap what Triton runs as subprocesses
-    (ptxas, the launcher's C compile), but its compiler passes hardly overlap, so each kernel
-    compiled several times slower in its thread than alone (benchmarks/results/README.md,
-    `compile_timeline`). Children compile into Triton's disk cache under the key this process
-    then looks up, so the kernels a child compiled are read back here, and any a child failed
-    on are compiled here. Without children (see _fork_compiles) the compiles run in threads.
-    Compiled (GPU) launches only: the interpreter has nothing to compile.
+    it). Threads of one process overlap what Triton runs as subprocesses (ptxas, the launcher's
+    C compile); whether its compiler passes overlap depends on the machine (on one H100 host each
+    kernel compiled several times slower in its thread than alone, on another about as fast:
+    benchmarks/results/README.md, `compile_timeline`). Children run side by side whatever the
+    host. They compile into Triton's disk cache under the key this process then looks up, so the
+    kernels a child compiled are read back here, and any a child failed on are compiled here.
+    Without children (see _fork_compiles) the compiles run in threads. Compiled (GPU) launches
+    only: the interpreter has nothing to compile.
     """
     if getattr(_ahead, "launches", None) is not None:
         raise RuntimeError("compile_ahead blocks do not nest")
@@ -235,6 +241,7 @@ def compile_ahead(device: torch.device):
             # inherit it.
             for done in [pool.submit(lambda: driver.active), pool.submit(triton_key)]:
                 done.result()
+        _hash_sources(by_kernel)
         _timeline["driver"] = {"compile_s": time.perf_counter() - origin}
         children = _fork_compiles(by_kernel, device, origin)
         # One kernel's variants compile in order in one thread: Triton fills a kernel's cache

@@ -93,6 +93,7 @@ def main() -> None:
     knobs.compilation.listener = lambda src, cache_hit=False, **_: hits.append((src.fn.__name__, cache_hit))
     driver.set_active(ParentDriver())
     by_kernel = first_call_launches("bfloat16")
+    _launch._hash_sources(by_kernel)  # as compile_ahead does before forking
     children = _launch._fork_compiles(by_kernel, torch.device("cpu"), time.perf_counter())
     for child in children.values():
         child.join()
