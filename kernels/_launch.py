@@ -100,6 +100,14 @@ def launch(kernel, grid, *args, **constexprs) -> None:
     kernel[grid](*args, **constexprs)
 
 
+def by_kernel_name(launches: list) -> dict[str, list]:
+    """Collected launches grouped by kernel name, each group in launch order."""
+    groups: dict[str, list] = defaultdict(list)
+    for launch_args in launches:
+        groups[_python_fn(launch_args[0]).__name__].append(launch_args)
+    return dict(groups)
+
+
 class _ChildDriver:
     """Triton's driver as a forked compile child sees it: the parent's answers to the three
     device questions a warmup asks (device, stream, target) and the parent's launcher class. So
@@ -227,9 +235,7 @@ def compile_ahead(device: torch.device):
     _ahead.launches = []
     try:
         yield
-        by_kernel: dict[str, list] = defaultdict(list)
-        for launch_args in _ahead.launches:
-            by_kernel[_python_fn(launch_args[0]).__name__].append(launch_args)
+        by_kernel = by_kernel_name(_ahead.launches)
     finally:
         _ahead.launches = None
     if by_kernel:

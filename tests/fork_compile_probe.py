@@ -76,10 +76,7 @@ def first_call_launches(dtype: str) -> dict[str, list]:
     chunk.compile_ahead, chunk._compiled_configs = collect, set()
     with contextlib.suppress(Collected):
         chunk.chunk_gated_delta_rule(**case_kwargs(make_inputs(case), case, "cpu"), use_qk_l2norm_in_kernel=True)
-    by_kernel: dict[str, list] = {}
-    for launch in launches:
-        by_kernel.setdefault(_launch._python_fn(launch[0]).__name__, []).append(launch)
-    return by_kernel
+    return _launch.by_kernel_name(launches)
 
 
 def look_up(launches: list) -> None:
